@@ -1,0 +1,173 @@
+//! Client keys issued by the gateway: generation, hashing, and request authentication.
+//!
+//! Keys are 256-bit random strings, so a plain SHA-256 is a sound hash at rest (no salt or
+//! slow KDF is needed against guessing a 43-character random secret), and it is cheap
+//! enough to run on every request. Lookups are cached for `key_cache_ttl` (negative results
+//! too), which bounds how long a revoked key keeps working.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::{header, HeaderMap, Uri};
+use rand::distr::{Alphanumeric, SampleString};
+use sha2::{Digest, Sha256};
+
+use crate::error::ApiError;
+use crate::store::{KeyRow, Store};
+
+/// Every issued key starts with this, so leaked keys are easy to grep for.
+pub const KEY_PREFIX: &str = "gg-";
+const KEY_RANDOM_CHARS: usize = 43; // 43 × log2(62) ≈ 256 bits
+const DISPLAY_PREFIX_CHARS: usize = 10;
+
+/// Hex SHA-256 of a key: what the store keeps.
+pub fn hash_key(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+/// A new random key: `(secret, hash, display prefix)`.
+pub fn generate_key() -> (String, String, String) {
+    let secret = format!(
+        "{KEY_PREFIX}{}",
+        Alphanumeric.sample_string(&mut rand::rng(), KEY_RANDOM_CHARS)
+    );
+    let hash = hash_key(&secret);
+    let prefix = secret[..DISPLAY_PREFIX_CHARS].to_string();
+    (secret, hash, prefix)
+}
+
+/// Creates and stores a key; the secret is returned once and never stored.
+pub async fn create_key(
+    store: &Store,
+    name: &str,
+    expires_at: Option<i64>,
+) -> anyhow::Result<(KeyRow, String)> {
+    let (secret, hash, prefix) = generate_key();
+    let now = chrono::Utc::now().timestamp();
+    let id = store
+        .insert_key(name, &hash, &prefix, now, expires_at)
+        .await?;
+    let row = KeyRow {
+        id,
+        name: name.to_string(),
+        key_prefix: prefix,
+        created_at: now,
+        expires_at,
+        revoked_at: None,
+    };
+    Ok((row, secret))
+}
+
+/// The client key from `Authorization: Bearer`, `x-api-key`, or `?api_key=`, in that order.
+pub fn extract_key<'a>(headers: &'a HeaderMap, uri: &'a Uri) -> Option<std::borrow::Cow<'a, str>> {
+    if let Some(v) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        let v = v.trim();
+        if v.len() > 7 && v[..7].eq_ignore_ascii_case("bearer ") {
+            let key = v[7..].trim();
+            if !key.is_empty() {
+                return Some(key.into());
+            }
+        }
+    }
+    if let Some(v) = headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
+        if !v.trim().is_empty() {
+            return Some(v.trim().into());
+        }
+    }
+    let query = uri.query()?;
+    url::form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == "api_key")
+        .map(|(_, v)| v)
+        .filter(|v| !v.is_empty())
+}
+
+/// Checks client keys against the store, with a short-lived cache.
+pub struct Authenticator {
+    store: Store,
+    cache: moka::sync::Cache<String, Option<Arc<KeyRow>>>,
+}
+
+impl Authenticator {
+    pub fn new(store: Store, ttl: Duration) -> Self {
+        Authenticator {
+            store,
+            cache: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(ttl)
+                .build(),
+        }
+    }
+
+    /// The key behind the request, or the client error that says why there is none.
+    pub async fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        uri: &Uri,
+    ) -> Result<Arc<KeyRow>, ApiError> {
+        let secret = extract_key(headers, uri).ok_or(ApiError::MissingKey)?;
+        let hash = hash_key(&secret);
+        let row = match self.cache.get(&hash) {
+            Some(cached) => cached,
+            None => {
+                let found = self
+                    .store
+                    .find_key(&hash)
+                    .await
+                    .map_err(|e| ApiError::Internal(format!("key lookup: {e}")))?
+                    .map(Arc::new);
+                self.cache.insert(hash, found.clone());
+                found
+            }
+        };
+        let row = row.ok_or(ApiError::InvalidKey)?;
+        if row.revoked_at.is_some() {
+            return Err(ApiError::RevokedKey);
+        }
+        if let Some(exp) = row.expires_at {
+            if exp <= chrono::Utc::now().timestamp() {
+                let when = chrono::DateTime::from_timestamp(exp, 0)
+                    .map(|t| t.to_rfc3339())
+                    .unwrap_or_else(|| exp.to_string());
+                return Err(ApiError::ExpiredKey(when));
+            }
+        }
+        Ok(row)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn generated_keys_are_unique_and_hash_matches() {
+        let (a, ha, pa) = generate_key();
+        let (b, _, _) = generate_key();
+        assert_ne!(a, b);
+        assert!(a.starts_with(KEY_PREFIX));
+        assert_eq!(a.len(), KEY_PREFIX.len() + KEY_RANDOM_CHARS);
+        assert_eq!(hash_key(&a), ha);
+        assert!(a.starts_with(&pa));
+        assert_eq!(ha.len(), 64);
+    }
+
+    #[test]
+    fn key_is_taken_from_each_place() {
+        let uri: Uri = "/v1/messages?beta=true&api_key=gg-q".parse().expect("uri");
+        let mut h = HeaderMap::new();
+        assert_eq!(extract_key(&h, &uri).as_deref(), Some("gg-q"));
+        h.insert("x-api-key", HeaderValue::from_static("gg-x"));
+        assert_eq!(extract_key(&h, &uri).as_deref(), Some("gg-x"));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("bearer gg-b"),
+        );
+        assert_eq!(extract_key(&h, &uri).as_deref(), Some("gg-b"));
+        let bare: Uri = "/v1/messages".parse().expect("uri");
+        assert_eq!(extract_key(&HeaderMap::new(), &bare), None);
+    }
+}

@@ -1,0 +1,33 @@
+//! glmgate: an LLM API gateway for Z.AI's GLM models.
+//!
+//! A request walks through one module per step:
+//!
+//! | step | module |
+//! |---|---|
+//! | authenticate the client key | [`auth`] |
+//! | read and validate the body | [`request`] |
+//! | pick the upstream endpoint | [`route`] |
+//! | admit (quotas; a seam for later) | [`proxy`] |
+//! | send upstream, with timeouts | [`upstream`] |
+//! | stream the answer back, metering usage as it passes | [`meter`], [`proxy`] |
+//! | record usage in batches | [`accounting`], [`store`] |
+//!
+//! [`app`] assembles the router and serves it; [`config`] loads TOML with env overrides;
+//! [`error`] renders every failure in the caller's own API format; [`mock`] is the
+//! Z.AI-compatible mock upstream used by tests, the demo and the benchmarks.
+
+pub mod accounting;
+pub mod app;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod meter;
+pub mod mock;
+pub mod proxy;
+pub mod request;
+pub mod route;
+pub mod routes;
+pub mod store;
+pub mod upstream;

@@ -1,0 +1,414 @@
+//! Usage metering on a passing response, without holding it back.
+//!
+//! The proxy hands every chunk to a [`Meter`] after it has been queued for the client. For
+//! SSE the meter scans complete lines in place (only a line split across reads is copied)
+//! and parses JSON only for events that mention `usage` or `error`. For JSON bodies it keeps
+//! the chunks (reference-counted, no copy) and parses once at the end.
+
+use bytes::Bytes;
+use memchr::memmem;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::error::Dialect;
+
+/// Largest non-stream body the meter keeps for parsing usage; bigger bodies still pass
+/// through, and their usage is estimated.
+const MAX_JSON_BODY: usize = 16 * 1024 * 1024;
+
+/// Token counts in OpenAI's convention: `input_tokens` includes cached (cache-read) tokens.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Usage {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cached_tokens: u64,
+    pub reasoning_tokens: u64,
+}
+
+fn n(v: &Value, key: &str) -> Option<u64> {
+    v.get(key).and_then(Value::as_u64)
+}
+
+impl Usage {
+    /// From an OpenAI / Z.AI `usage` object.
+    pub fn from_openai(u: &Value) -> Option<Usage> {
+        if !u.is_object() {
+            return None;
+        }
+        Some(Usage {
+            input_tokens: n(u, "prompt_tokens").unwrap_or(0),
+            output_tokens: n(u, "completion_tokens").unwrap_or(0),
+            cached_tokens: u
+                .get("prompt_tokens_details")
+                .and_then(|d| n(d, "cached_tokens"))
+                .unwrap_or(0),
+            reasoning_tokens: u
+                .get("completion_tokens_details")
+                .and_then(|d| n(d, "reasoning_tokens"))
+                .unwrap_or(0),
+        })
+    }
+}
+
+/// Anthropic usage arrives in pieces (`message_start`, then cumulative `message_delta`);
+/// a field seen later overwrites the earlier value.
+#[derive(Clone, Copy, Debug, Default)]
+struct AnthropicCounts {
+    input: Option<u64>,
+    cache_creation: Option<u64>,
+    cache_read: Option<u64>,
+    output: Option<u64>,
+}
+
+impl AnthropicCounts {
+    fn merge(&mut self, u: &Value) {
+        self.input = n(u, "input_tokens").or(self.input);
+        self.cache_creation = n(u, "cache_creation_input_tokens").or(self.cache_creation);
+        self.cache_read = n(u, "cache_read_input_tokens").or(self.cache_read);
+        self.output = n(u, "output_tokens").or(self.output);
+    }
+
+    fn seen(&self) -> bool {
+        self.input.is_some() || self.output.is_some()
+    }
+
+    /// Anthropic's `input_tokens` excludes cache reads and writes; ours includes them.
+    fn usage(&self) -> Usage {
+        let cache_read = self.cache_read.unwrap_or(0);
+        Usage {
+            input_tokens: self.input.unwrap_or(0) + self.cache_creation.unwrap_or(0) + cache_read,
+            output_tokens: self.output.unwrap_or(0),
+            cached_tokens: cache_read,
+            reasoning_tokens: 0,
+        }
+    }
+}
+
+/// What the meter learned once the response ended (or was cut off).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Metered {
+    /// Usage as the upstream reported it, if it did.
+    pub usage: Option<Usage>,
+    /// SSE data events seen (excluding `[DONE]`); the basis of an estimate.
+    pub events: u64,
+    /// The stream reached its terminal event (`[DONE]` or `message_stop`).
+    pub complete: bool,
+    /// An `error` payload was seen inside the body.
+    pub upstream_error: bool,
+    /// Bytes that passed.
+    pub bytes: u64,
+}
+
+/// Watches a response body as it passes.
+#[derive(Debug)]
+pub enum Meter {
+    Json(JsonMeter),
+    Sse(SseMeter),
+}
+
+impl Meter {
+    pub fn new(dialect: Dialect, is_sse: bool) -> Meter {
+        if is_sse {
+            Meter::Sse(SseMeter::new(dialect))
+        } else {
+            Meter::Json(JsonMeter {
+                dialect,
+                chunks: Vec::new(),
+                len: 0,
+                overflow: false,
+            })
+        }
+    }
+
+    pub fn feed(&mut self, chunk: &Bytes) {
+        match self {
+            Meter::Json(m) => m.feed(chunk),
+            Meter::Sse(m) => m.feed(chunk),
+        }
+    }
+
+    pub fn finish(&mut self) -> Metered {
+        match self {
+            Meter::Json(m) => m.finish(),
+            Meter::Sse(m) => m.finish(),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct JsonMeter {
+    dialect: Dialect,
+    chunks: Vec<Bytes>,
+    len: usize,
+    overflow: bool,
+}
+
+impl JsonMeter {
+    fn feed(&mut self, chunk: &Bytes) {
+        self.len += chunk.len();
+        if self.len > MAX_JSON_BODY {
+            self.overflow = true;
+            self.chunks.clear();
+        } else if !self.overflow {
+            self.chunks.push(chunk.clone());
+        }
+    }
+
+    fn finish(&mut self) -> Metered {
+        let mut out = Metered {
+            bytes: self.len as u64,
+            complete: !self.overflow,
+            ..Metered::default()
+        };
+        if self.overflow {
+            return out;
+        }
+        let body: Bytes = match self.chunks.len() {
+            1 => self.chunks[0].clone(),
+            _ => self.chunks.concat().into(),
+        };
+        self.chunks.clear();
+        let Ok(v) = serde_json::from_slice::<Value>(&body) else {
+            out.complete = false;
+            return out;
+        };
+        out.upstream_error = v.get("error").is_some();
+        if let Some(u) = v.get("usage") {
+            out.usage = match self.dialect {
+                Dialect::OpenAi => Usage::from_openai(u),
+                Dialect::Anthropic => {
+                    let mut c = AnthropicCounts::default();
+                    c.merge(u);
+                    c.seen().then(|| c.usage())
+                }
+            };
+        }
+        out
+    }
+}
+
+#[derive(Debug)]
+pub struct SseMeter {
+    dialect: Dialect,
+    /// Bytes of a line not yet terminated by `\n`.
+    partial: Vec<u8>,
+    openai: Option<Usage>,
+    anthropic: AnthropicCounts,
+    out: Metered,
+}
+
+impl SseMeter {
+    fn new(dialect: Dialect) -> SseMeter {
+        SseMeter {
+            dialect,
+            partial: Vec::new(),
+            openai: None,
+            anthropic: AnthropicCounts::default(),
+            out: Metered::default(),
+        }
+    }
+
+    fn feed(&mut self, chunk: &[u8]) {
+        self.out.bytes += chunk.len() as u64;
+        let mut rest = chunk;
+        if !self.partial.is_empty() {
+            match memchr::memchr(b'\n', rest) {
+                Some(i) => {
+                    self.partial.extend_from_slice(&rest[..i]);
+                    let line = std::mem::take(&mut self.partial);
+                    self.line(&line);
+                    rest = &rest[i + 1..];
+                }
+                None => {
+                    self.partial.extend_from_slice(rest);
+                    return;
+                }
+            }
+        }
+        while let Some(i) = memchr::memchr(b'\n', rest) {
+            self.line(&rest[..i]);
+            rest = &rest[i + 1..];
+        }
+        self.partial.extend_from_slice(rest);
+    }
+
+    fn line(&mut self, line: &[u8]) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(payload) = line.strip_prefix(b"data:") else {
+            return;
+        };
+        let payload = payload.strip_prefix(b" ").unwrap_or(payload);
+        if payload == b"[DONE]" {
+            self.out.complete = true;
+            return;
+        }
+        self.out.events += 1;
+        let wanted = memmem::find(payload, b"\"usage\"").is_some()
+            || memmem::find(payload, b"\"error\"").is_some()
+            || memmem::find(payload, b"message_stop").is_some();
+        if !wanted {
+            return;
+        }
+        let Ok(v) = serde_json::from_slice::<Value>(payload) else {
+            return;
+        };
+        if v.get("error").is_some() {
+            self.out.upstream_error = true;
+        }
+        match self.dialect {
+            Dialect::OpenAi => {
+                if let Some(u) = v.get("usage").and_then(Usage::from_openai) {
+                    self.openai = Some(u);
+                }
+            }
+            Dialect::Anthropic => match v.get("type").and_then(Value::as_str) {
+                Some("message_start") => {
+                    if let Some(u) = v.get("message").and_then(|m| m.get("usage")) {
+                        self.anthropic.merge(u);
+                    }
+                }
+                Some("message_delta") => {
+                    if let Some(u) = v.get("usage") {
+                        self.anthropic.merge(u);
+                    }
+                }
+                Some("message_stop") => self.out.complete = true,
+                _ => {}
+            },
+        }
+    }
+
+    fn finish(&mut self) -> Metered {
+        if !self.partial.is_empty() {
+            let line = std::mem::take(&mut self.partial);
+            self.line(&line);
+        }
+        let mut out = self.out;
+        out.usage = match self.dialect {
+            Dialect::OpenAi => self.openai,
+            Dialect::Anthropic => self.anthropic.seen().then(|| self.anthropic.usage()),
+        };
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ZAI_STREAM: &str = concat!(
+        "data: {\"id\":\"1\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"Hi\"}}]}\n\n",
+        "data: {\"id\":\"1\",\"choices\":[{\"index\":0,\"finish_reason\":\"stop\",\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}],",
+        "\"usage\":{\"prompt_tokens\":15,\"completion_tokens\":734,\"total_tokens\":749,",
+        "\"prompt_tokens_details\":{\"cached_tokens\":14},\"completion_tokens_details\":{\"reasoning_tokens\":708}}}\n\n",
+        "data: [DONE]\n\n"
+    );
+
+    fn feed_split(meter: &mut Meter, text: &str, every: usize) {
+        for piece in text.as_bytes().chunks(every) {
+            meter.feed(&Bytes::copy_from_slice(piece));
+        }
+    }
+
+    #[test]
+    fn zai_stream_usage_survives_any_read_split() {
+        for every in [1, 2, 7, 64, 4096] {
+            let mut m = Meter::new(Dialect::OpenAi, true);
+            feed_split(&mut m, ZAI_STREAM, every);
+            let got = m.finish();
+            assert!(got.complete, "split {every}");
+            assert_eq!(got.events, 2);
+            assert_eq!(
+                got.usage,
+                Some(Usage {
+                    input_tokens: 15,
+                    output_tokens: 734,
+                    cached_tokens: 14,
+                    reasoning_tokens: 708
+                })
+            );
+        }
+    }
+
+    #[test]
+    fn anthropic_stream_normalises_cached_input() {
+        let text = concat!(
+            "event: message_start\n",
+            "data: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":16,\"cache_creation_input_tokens\":4,\"cache_read_input_tokens\":1031,\"output_tokens\":5}}   }\n\n",
+            "event: ping\ndata: {\"type\": \"ping\"}\n\n",
+            "event: message_delta\r\n",
+            "data: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":100}}\r\n\r\n",
+            "event: message_stop\ndata: {\"type\":\"message_stop\"      }\n\n"
+        );
+        let mut m = Meter::new(Dialect::Anthropic, true);
+        feed_split(&mut m, text, 5);
+        let got = m.finish();
+        assert!(got.complete);
+        assert_eq!(
+            got.usage,
+            Some(Usage {
+                input_tokens: 1051,
+                output_tokens: 100,
+                cached_tokens: 1031,
+                reasoning_tokens: 0
+            })
+        );
+    }
+
+    #[test]
+    fn cut_stream_is_incomplete_and_counts_events() {
+        let mut m = Meter::new(Dialect::OpenAi, true);
+        feed_split(&mut m, &ZAI_STREAM[..120], 10);
+        let got = m.finish();
+        assert!(!got.complete);
+        assert_eq!(got.usage, None);
+        assert_eq!(got.events, 1);
+    }
+
+    #[test]
+    fn stream_error_event_is_flagged() {
+        let mut m = Meter::new(Dialect::OpenAi, true);
+        feed_split(
+            &mut m,
+            "data: {\"error\":{\"code\":\"1234\",\"message\":\"x\"}}\n\n",
+            3,
+        );
+        assert!(m.finish().upstream_error);
+    }
+
+    #[test]
+    fn json_body_usage_both_dialects() {
+        let mut m = Meter::new(Dialect::OpenAi, false);
+        feed_split(
+            &mut m,
+            "{\"choices\":[],\"usage\":{\"prompt_tokens\":10,\"completion_tokens\":3,\"prompt_tokens_details\":{\"cached_tokens\":2}}}",
+            9,
+        );
+        let u = m.finish().usage.expect("usage");
+        assert_eq!(
+            (u.input_tokens, u.output_tokens, u.cached_tokens),
+            (10, 3, 2)
+        );
+
+        let mut m = Meter::new(Dialect::Anthropic, false);
+        feed_split(
+            &mut m,
+            "{\"type\":\"message\",\"usage\":{\"input_tokens\":7,\"cache_read_input_tokens\":3,\"output_tokens\":2}}",
+            4,
+        );
+        let u = m.finish().usage.expect("usage");
+        assert_eq!(
+            (u.input_tokens, u.output_tokens, u.cached_tokens),
+            (10, 2, 3)
+        );
+    }
+
+    #[test]
+    fn garbage_json_is_not_usage() {
+        let mut m = Meter::new(Dialect::OpenAi, false);
+        m.feed(&Bytes::from_static(b"<html>oops"));
+        let got = m.finish();
+        assert_eq!(got.usage, None);
+        assert!(!got.complete);
+    }
+}

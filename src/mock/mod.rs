@@ -1,0 +1,322 @@
+//! `glmgate mock`: a Z.AI-compatible upstream for tests, the demo, benchmarks, and users who
+//! want to try their clients offline.
+//!
+//! Endpoints (both of Z.AI's formats, stream and non-stream):
+//! - `POST /api/paas/v4/chat/completions`, `/api/coding/paas/v4/chat/completions`,
+//!   `/v1/chat/completions`: OpenAI-style, Z.AI's flavour.
+//! - `POST /api/anthropic/v1/messages`, `/v1/messages`: Anthropic-style.
+//! - `GET /_mock/stats`: counters tests use to see what reached the upstream
+//!   (requests, streams completed and cancelled, the last authorization and body hash).
+//!
+//! Any key is accepted except one starting with `bad`, which gets Z.AI's 401. Models must
+//! start with `glm-` or `claude-`, else 400 with business code 1211. Faults: see [`faults`].
+
+pub mod faults;
+pub mod plan;
+pub mod render;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Json;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+
+use crate::error::Dialect;
+use faults::Faults;
+
+#[derive(Clone, Debug)]
+pub struct MockOptions {
+    /// Text chunks in a full answer (a stream has these plus reasoning and the final chunk).
+    pub chunks: usize,
+    /// Delay before the response head.
+    pub first_byte_delay: Duration,
+    /// Delay between stream chunks.
+    pub chunk_delay: Duration,
+    /// A fault spec applied to every request (see [`faults`]).
+    pub fault: Option<String>,
+}
+
+impl Default for MockOptions {
+    fn default() -> Self {
+        MockOptions {
+            chunks: 20,
+            first_byte_delay: Duration::ZERO,
+            chunk_delay: Duration::ZERO,
+            fault: None,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Stats {
+    requests: AtomicU64,
+    streams_completed: AtomicU64,
+    streams_cancelled: AtomicU64,
+    in_flight: AtomicU64,
+    last: Mutex<Last>,
+}
+
+#[derive(Default, Clone)]
+struct Last {
+    authorization: String,
+    x_api_key: String,
+    anthropic_version: String,
+    body_sha256: String,
+    path: String,
+}
+
+struct Mock {
+    options: MockOptions,
+    stats: Stats,
+}
+
+pub fn router(options: MockOptions) -> axum::Router {
+    let mock = Arc::new(Mock {
+        options,
+        stats: Stats::default(),
+    });
+    let openai =
+        post(|s: State<Arc<Mock>>, h: HeaderMap, b: Bytes| respond(s, Dialect::OpenAi, h, b));
+    let anthropic =
+        post(|s: State<Arc<Mock>>, h: HeaderMap, b: Bytes| respond(s, Dialect::Anthropic, h, b));
+    axum::Router::new()
+        .route("/api/paas/v4/chat/completions", openai.clone())
+        .route("/api/coding/paas/v4/chat/completions", openai.clone())
+        .route("/v1/chat/completions", openai)
+        .route("/api/anthropic/v1/messages", anthropic.clone())
+        .route("/v1/messages", anthropic)
+        .route("/_mock/stats", get(stats))
+        .with_state(mock)
+}
+
+/// Serves the mock on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, options: MockOptions) -> std::io::Result<()> {
+    axum::serve(listener, router(options)).await
+}
+
+/// Starts the mock on a free loopback port in the background; returns its address.
+pub async fn spawn(options: MockOptions) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        if let Err(e) = serve(listener, options).await {
+            tracing::error!(error = %e, "mock stopped");
+        }
+    });
+    Ok(addr)
+}
+
+async fn stats(State(m): State<Arc<Mock>>) -> Json<Value> {
+    let last = m.stats.last.lock().map(|l| l.clone()).unwrap_or_default();
+    Json(json!({
+        "requests": m.stats.requests.load(Ordering::Relaxed),
+        "streams_completed": m.stats.streams_completed.load(Ordering::Relaxed),
+        "streams_cancelled": m.stats.streams_cancelled.load(Ordering::Relaxed),
+        "in_flight": m.stats.in_flight.load(Ordering::Relaxed),
+        "last_authorization": last.authorization,
+        "last_x_api_key": last.x_api_key,
+        "last_anthropic_version": last.anthropic_version,
+        "last_body_sha256": last.body_sha256,
+        "last_path": last.path,
+    }))
+}
+
+fn header_str(h: &HeaderMap, name: impl axum::http::header::AsHeaderName) -> String {
+    h.get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn json_response(status: StatusCode, body: String) -> Response {
+    let mut r = (status, body).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=UTF-8"),
+    );
+    r
+}
+
+fn error_response(dialect: Dialect, status: u16, code: &str, id: &str) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut r = json_response(
+        status,
+        render::error_body(dialect, status.as_u16(), code, id),
+    );
+    if dialect == Dialect::Anthropic && status == StatusCode::TOO_MANY_REQUESTS {
+        r.headers_mut()
+            .insert("retry-after-ms", HeaderValue::from_static("3000"));
+    }
+    r
+}
+
+async fn respond(
+    State(m): State<Arc<Mock>>,
+    dialect: Dialect,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    m.stats.requests.fetch_add(1, Ordering::Relaxed);
+    let key = {
+        let auth = header_str(&headers, header::AUTHORIZATION);
+        let x_api_key = header_str(&headers, "x-api-key");
+        if let Ok(mut last) = m.stats.last.lock() {
+            *last = Last {
+                authorization: auth.clone(),
+                x_api_key: x_api_key.clone(),
+                anthropic_version: header_str(&headers, "anthropic-version"),
+                body_sha256: hex::encode(Sha256::digest(&body)),
+                path: String::new(),
+            };
+        }
+        auth.strip_prefix("Bearer ")
+            .map(str::to_string)
+            .unwrap_or(x_api_key)
+    };
+    let id = render::new_id();
+    if key.is_empty() {
+        return error_response(dialect, 401, "1001", &id);
+    }
+    if key.starts_with("bad") {
+        return error_response(dialect, 401, "1002", &id);
+    }
+    let req: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(_) => return error_response(dialect, 400, "1214", &id),
+    };
+    let mut faults = Faults::default();
+    let specs = [
+        Some(header_str(&headers, "x-mock-fault")),
+        req.get("mock_fault")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        key.strip_prefix("fault-").map(str::to_string),
+        m.options.fault.clone(),
+    ];
+    for spec in specs.into_iter().flatten() {
+        if let Err(e) = faults.add(&spec) {
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                json!({"error": {"code": "1214", "message": e}}).to_string(),
+            );
+        }
+    }
+    let delay = faults
+        .first_byte_delay
+        .unwrap_or(m.options.first_byte_delay);
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    if let Some((status, code)) = &faults.error {
+        return error_response(dialect, *status, code, &id);
+    }
+    let model = req["model"].as_str().unwrap_or_default();
+    if !(model.starts_with("glm-") || model.starts_with("claude-")) {
+        return error_response(dialect, 400, "1211", &id);
+    }
+    if faults.empty_200 {
+        return json_response(StatusCode::OK, String::new());
+    }
+    if faults.garbage_200 {
+        return json_response(
+            StatusCode::OK,
+            "<html><body>502 Bad Gateway</body></html>".into(),
+        );
+    }
+    let plan = plan::build(dialect, &req, body.len(), m.options.chunks);
+    let created = chrono::Utc::now().timestamp();
+    if req["stream"] != true {
+        let text = match dialect {
+            Dialect::OpenAi => render::openai_json(&plan, &id, created),
+            Dialect::Anthropic => render::anthropic_json(&plan, &id),
+        };
+        if faults.drop_after.is_some() {
+            let half = Bytes::from(text).slice(..10);
+            let parts: Vec<Result<Bytes, std::io::Error>> =
+                vec![Ok(half), Err(std::io::Error::other("mock: dropped"))];
+            let mut r = Response::new(Body::from_stream(futures_util::stream::iter(parts)));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            return r;
+        }
+        return json_response(StatusCode::OK, text);
+    }
+    let events = match dialect {
+        Dialect::OpenAi => render::openai_events(&plan, &id, created),
+        Dialect::Anthropic => render::anthropic_events(&plan, &id),
+    };
+    let drop_at = faults.drop_after.map(|n| n.unwrap_or(events.len() / 2));
+    let chunk_delay = faults.chunk_delay.unwrap_or(m.options.chunk_delay);
+    let mut r = Response::new(Body::from_stream(event_stream(
+        m.clone(),
+        events,
+        chunk_delay,
+        drop_at,
+    )));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream;charset=UTF-8"),
+    );
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    r
+}
+
+/// Counts a stream as cancelled if it is dropped before its last event was sent.
+struct StreamGuard {
+    mock: Arc<Mock>,
+    done: bool,
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.mock.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let counter = if self.done {
+            &self.mock.stats.streams_completed
+        } else {
+            &self.mock.stats.streams_cancelled
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn event_stream(
+    mock: Arc<Mock>,
+    events: Vec<Bytes>,
+    delay: Duration,
+    drop_at: Option<usize>,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
+    mock.stats.in_flight.fetch_add(1, Ordering::Relaxed);
+    let guard = StreamGuard { mock, done: false };
+    futures_util::stream::unfold(
+        (events.into_iter().enumerate(), guard),
+        move |(mut it, mut guard)| async move {
+            let (i, ev) = it.next()?;
+            if i > 0 && !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            if drop_at == Some(i) {
+                // Ending the body with an error makes the server reset the connection.
+                return Some((
+                    Err(std::io::Error::other("mock: dropped mid-stream")),
+                    (it, guard),
+                ));
+            }
+            if it.len() == 0 {
+                guard.done = true;
+            }
+            Some((Ok(ev), (it, guard)))
+        },
+    )
+}

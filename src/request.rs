@@ -1,0 +1,191 @@
+//! Reading and validating a client request body, without keeping more than routing needs.
+//!
+//! The body itself is forwarded byte for byte; this pass only checks the fields each API
+//! requires (so a client gets a 400 naming the field rather than an upstream surprise) and
+//! pulls out `model` and `stream`. Message contents are skipped, never built.
+
+use axum::body::{Body, Bytes};
+use serde::de::IgnoredAny;
+use serde::Deserialize;
+
+use crate::error::{ApiError, Dialect};
+
+/// What routing and accounting need from a request body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestHead {
+    pub model: String,
+    pub stream: bool,
+}
+
+#[derive(Deserialize)]
+struct OpenAiHead {
+    model: String,
+    messages: Vec<IgnoredAny>,
+    #[serde(default)]
+    stream: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct AnthropicHead {
+    model: String,
+    #[expect(dead_code, reason = "only its presence and type are checked")]
+    max_tokens: u64,
+    messages: Vec<IgnoredAny>,
+    #[serde(default)]
+    stream: Option<bool>,
+}
+
+/// Reads the whole request body, refusing more than `limit` bytes.
+pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        // `to_bytes` reports an over-long body through a boxed `LengthLimitError` source.
+        let too_long = std::error::Error::source(&e)
+            .map(|s| s.is::<http_body_util::LengthLimitError>())
+            .unwrap_or(false);
+        if too_long {
+            ApiError::TooLarge(limit)
+        } else {
+            ApiError::bad_request(format!("could not read the request body: {e}"), None)
+        }
+    })
+}
+
+/// Validates the body for `dialect` and returns its routing head.
+pub fn parse_head(dialect: Dialect, body: &[u8]) -> Result<RequestHead, ApiError> {
+    let (model, messages, stream) = match dialect {
+        Dialect::OpenAi => {
+            let h: OpenAiHead = decode(body)?;
+            (h.model, h.messages.len(), h.stream)
+        }
+        Dialect::Anthropic => {
+            let h: AnthropicHead = decode(body)?;
+            (h.model, h.messages.len(), h.stream)
+        }
+    };
+    if model.trim().is_empty() {
+        return Err(ApiError::bad_request(
+            "`model` must not be empty",
+            Some("model".into()),
+        ));
+    }
+    if messages == 0 {
+        return Err(ApiError::bad_request(
+            "`messages` must contain at least one message",
+            Some("messages".into()),
+        ));
+    }
+    Ok(RequestHead {
+        model,
+        stream: stream.unwrap_or(false),
+    })
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let result: Result<T, _> = serde_path_to_error::deserialize(&mut de);
+    let value = result.map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if !inner.is_data() {
+            return ApiError::bad_request(format!("request body is not valid JSON: {inner}"), None);
+        }
+        let text = strip_position(&inner.to_string());
+        if let Some(field) = text
+            .strip_prefix("missing field `")
+            .and_then(|r| r.strip_suffix('`'))
+        {
+            let field = if path == "." {
+                field.to_string()
+            } else {
+                format!("{path}.{field}")
+            };
+            return ApiError::bad_request(format!("`{field}` is required"), Some(field));
+        }
+        if path == "." {
+            return ApiError::bad_request(
+                format!("request body must be a JSON object: {text}"),
+                None,
+            );
+        }
+        ApiError::bad_request(format!("`{path}`: {text}"), Some(path))
+    })?;
+    de.end()
+        .map_err(|e| ApiError::bad_request(format!("request body is not valid JSON: {e}"), None))?;
+    Ok(value)
+}
+
+/// serde_json appends " at line L column C"; the field path says more to a client.
+fn strip_position(text: &str) -> String {
+    match text.rfind(" at line ") {
+        Some(i) => text[..i].to_string(),
+        None => text.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(d: Dialect, body: &str) -> (String, Option<String>) {
+        match parse_head(d, body.as_bytes()) {
+            Err(ApiError::BadRequest { message, param }) => (message, param),
+            other => panic!("expected a 400, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn valid_heads() {
+        let h = parse_head(
+            Dialect::OpenAi,
+            br#"{"model":"glm-4.7","messages":[{"role":"user","content":"hi"}],"stream":true,"x":{"y":[1]}}"#,
+        )
+        .expect("valid");
+        assert_eq!(
+            h,
+            RequestHead {
+                model: "glm-4.7".into(),
+                stream: true
+            }
+        );
+        let h = parse_head(
+            Dialect::Anthropic,
+            br#"{"model":"glm-4.7","max_tokens":10,"messages":[{"role":"user","content":"hi"}]}"#,
+        )
+        .expect("valid");
+        assert!(!h.stream);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let (m, p) = err(Dialect::OpenAi, r#"{"model":"glm-4.7"}"#);
+        assert_eq!(p.as_deref(), Some("messages"));
+        assert!(m.contains("`messages` is required"), "{m}");
+
+        let (_, p) = err(Dialect::Anthropic, r#"{"model":"m","messages":[{}]}"#);
+        assert_eq!(p.as_deref(), Some("max_tokens"));
+
+        let (m, p) = err(
+            Dialect::OpenAi,
+            r#"{"model":"m","messages":[{}],"stream":"yes"}"#,
+        );
+        assert_eq!(p.as_deref(), Some("stream"));
+        assert!(m.contains("expected a boolean"), "{m}");
+
+        let (_, p) = err(Dialect::OpenAi, r#"{"model":5,"messages":[{}]}"#);
+        assert_eq!(p.as_deref(), Some("model"));
+
+        let (_, p) = err(Dialect::OpenAi, r#"{"model":"m","messages":[]}"#);
+        assert_eq!(p.as_deref(), Some("messages"));
+    }
+
+    #[test]
+    fn malformed_json_is_a_400_without_field() {
+        let (m, p) = err(Dialect::OpenAi, r#"{"model":"m","#);
+        assert!(m.contains("not valid JSON"), "{m}");
+        assert_eq!(p, None);
+        let (m, _) = err(Dialect::OpenAi, r#"{"model":"m","messages":[{}]} trailing"#);
+        assert!(m.contains("not valid JSON"), "{m}");
+        let (m, _) = err(Dialect::OpenAi, r#"[1,2]"#);
+        assert!(m.contains("JSON object"), "{m}");
+    }
+}

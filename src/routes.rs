@@ -1,0 +1,140 @@
+//! The HTTP surface: which path goes to which handler. Closed by default: every route needs a
+//! client key except the short public list below.
+//!
+//! Public: `GET /health`, `GET /ready`, and Claude Code's telemetry (`/api/event_logging/*`),
+//! which is answered 204 locally and never reaches the upstream.
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post};
+use axum::Json;
+use serde_json::json;
+
+use crate::app::AppState;
+use crate::error::{ApiError, Dialect};
+use crate::proxy::{self, new_request_id};
+
+pub fn router(state: Arc<AppState>) -> axum::Router {
+    axum::Router::new()
+        .route(
+            "/v1/chat/completions",
+            post(|State(s): State<Arc<AppState>>, req: Request| {
+                proxy::handle(s, Dialect::OpenAi, req)
+            }),
+        )
+        .route(
+            "/v1/messages",
+            post(|State(s): State<Arc<AppState>>, req: Request| {
+                proxy::handle(s, Dialect::Anthropic, req)
+            }),
+        )
+        .route("/v1/models", get(models))
+        .route("/stats", get(stats))
+        .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/ready", get(ready))
+        .route(
+            "/api/event_logging/{*rest}",
+            any(|| async { StatusCode::NO_CONTENT }),
+        )
+        .fallback(not_found)
+        .method_not_allowed_fallback(not_found)
+        .with_state(state)
+}
+
+/// The dialect to answer in when the route itself does not say.
+fn dialect_of(path: &str, headers: &HeaderMap) -> Dialect {
+    if path.starts_with("/v1/messages") || headers.contains_key("anthropic-version") {
+        Dialect::Anthropic
+    } else {
+        Dialect::OpenAi
+    }
+}
+
+async fn not_found(req: Request) -> Response {
+    let dialect = dialect_of(req.uri().path(), req.headers());
+    ApiError::NotFound {
+        method: req.method().to_string(),
+        path: req.uri().path().to_string(),
+    }
+    .render(dialect, &new_request_id())
+}
+
+/// `GET /v1/models`: the configured models, in Anthropic's shape when the client sends
+/// `anthropic-version`, else OpenAI's.
+async fn models(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    let dialect = dialect_of(req.uri().path(), req.headers());
+    if let Err(e) = state.auth.authenticate(req.headers(), req.uri()).await {
+        return e.render(dialect, &new_request_id());
+    }
+    // A fixed creation time: the list comes from configuration, not from the upstream.
+    const CREATED: i64 = 1_750_000_000;
+    let models = &state.settings.models;
+    let body = match dialect {
+        Dialect::OpenAi => json!({
+            "object": "list",
+            "data": models.iter().map(|id| json!({
+                "id": id, "object": "model", "created": CREATED, "owned_by": "z.ai"
+            })).collect::<Vec<_>>(),
+        }),
+        Dialect::Anthropic => {
+            let created = chrono::DateTime::from_timestamp(CREATED, 0)
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                .unwrap_or_default();
+            json!({
+                "data": models.iter().map(|id| json!({
+                    "id": id, "type": "model", "display_name": id.to_uppercase(), "created_at": created
+                })).collect::<Vec<_>>(),
+                "has_more": false,
+                "first_id": models.first(),
+                "last_id": models.last(),
+            })
+        }
+    };
+    Json(body).into_response()
+}
+
+/// `GET /stats`: the calling key's own totals (stored records; they lag by at most one
+/// accounting flush interval).
+async fn stats(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    let dialect = dialect_of(req.uri().path(), req.headers());
+    let request_id = new_request_id();
+    let key = match state.auth.authenticate(req.headers(), req.uri()).await {
+        Ok(k) => k,
+        Err(e) => return e.render(dialect, &request_id),
+    };
+    match state.store.key_stats(key.id).await {
+        Ok(s) => Json(json!({
+            "key": {"id": key.id, "name": key.name, "prefix": key.key_prefix},
+            "requests": s.requests,
+            "errors": s.errors,
+            "input_tokens": s.input_tokens,
+            "output_tokens": s.output_tokens,
+            "cached_tokens": s.cached_tokens,
+            "reasoning_tokens": s.reasoning_tokens,
+            "by_model": s.by_model,
+        }))
+        .into_response(),
+        Err(e) => ApiError::Internal(format!("stats query: {e}")).render(dialect, &request_id),
+    }
+}
+
+/// `GET /ready`: the store answers and at least one upstream key is configured.
+async fn ready(State(state): State<Arc<AppState>>) -> Response {
+    let store_ok = state.store.ping().await;
+    let keys = state.upstream.key_count();
+    let ready = store_ok && keys > 0;
+    let body = Json(json!({
+        "status": if ready { "ready" } else { "not_ready" },
+        "store": if store_ok { "ok" } else { "unreachable" },
+        "upstream_keys": keys,
+    }));
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, body).into_response()
+}

@@ -1,0 +1,270 @@
+//! Embedded SQLite store: client keys and usage records, behind a schema managed by
+//! migrations compiled into the binary.
+//!
+//! Atomicity: each call is one statement or one transaction; `insert_usage` writes a whole
+//! batch or nothing.
+
+use std::borrow::Cow;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use serde::Serialize;
+use sqlx::error::BoxDynError;
+use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+
+use crate::accounting::UsageRecord;
+
+/// The schema, in order. Never edit an entry that has shipped: add a new one.
+const MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "init",
+    include_str!("../migrations/sqlite/0001_init.sql"),
+)];
+
+#[derive(Debug)]
+struct Embedded;
+
+impl MigrationSource<'static> for Embedded {
+    fn resolve(self) -> BoxFuture<'static, Result<Vec<Migration>, BoxDynError>> {
+        Box::pin(async {
+            Ok(MIGRATIONS
+                .iter()
+                .map(|(version, name, sql)| {
+                    Migration::new(
+                        *version,
+                        Cow::Borrowed(*name),
+                        MigrationType::Simple,
+                        Cow::Borrowed(*sql),
+                        false,
+                    )
+                })
+                .collect())
+        })
+    }
+}
+
+/// A client key as stored (never the secret itself).
+#[derive(Clone, Debug, Serialize)]
+pub struct KeyRow {
+    pub id: i64,
+    pub name: String,
+    pub key_prefix: String,
+    pub created_at: i64,
+    pub expires_at: Option<i64>,
+    pub revoked_at: Option<i64>,
+}
+
+/// Totals for one key, as `GET /stats` shows them.
+#[derive(Debug, Default, Serialize)]
+pub struct KeyStats {
+    pub requests: i64,
+    pub errors: i64,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub cached_tokens: i64,
+    pub reasoning_tokens: i64,
+    pub by_model: Vec<ModelStats>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ModelStats {
+    pub model: String,
+    pub requests: i64,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub cached_tokens: i64,
+}
+
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path` and brings its schema up to date.
+    pub async fn open(path: &Path) -> anyhow::Result<Store> {
+        let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(5))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot open store {}: {e}", path.display()))?;
+        Migrator::new(Embedded).await?.run(&pool).await?;
+        Ok(Store { pool })
+    }
+
+    pub async fn ping(&self) -> bool {
+        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+    }
+
+    pub async fn insert_key(
+        &self,
+        name: &str,
+        key_hash: &str,
+        key_prefix: &str,
+        created_at: i64,
+        expires_at: Option<i64>,
+    ) -> sqlx::Result<i64> {
+        let row = sqlx::query(
+            "INSERT INTO client_keys (name, key_hash, key_prefix, created_at, expires_at)
+             VALUES (?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(name)
+        .bind(key_hash)
+        .bind(key_prefix)
+        .bind(created_at)
+        .bind(expires_at)
+        .fetch_one(&self.pool)
+        .await?;
+        row.try_get(0)
+    }
+
+    pub async fn find_key(&self, key_hash: &str) -> sqlx::Result<Option<KeyRow>> {
+        let row = sqlx::query(
+            "SELECT id, name, key_prefix, created_at, expires_at, revoked_at
+             FROM client_keys WHERE key_hash = ?",
+        )
+        .bind(key_hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| key_row(&r)).transpose()
+    }
+
+    pub async fn list_keys(&self) -> sqlx::Result<Vec<KeyRow>> {
+        let rows = sqlx::query(
+            "SELECT id, name, key_prefix, created_at, expires_at, revoked_at
+             FROM client_keys ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(key_row).collect()
+    }
+
+    /// Revokes the key whose id, name or prefix is `which`; returns how many were revoked.
+    pub async fn revoke_key(&self, which: &str, now: i64) -> sqlx::Result<u64> {
+        let done = sqlx::query(
+            "UPDATE client_keys SET revoked_at = ?
+             WHERE revoked_at IS NULL AND (CAST(id AS TEXT) = ? OR name = ? OR key_prefix = ?)",
+        )
+        .bind(now)
+        .bind(which)
+        .bind(which)
+        .bind(which)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Writes a batch of usage records in one transaction.
+    pub async fn insert_usage(&self, batch: &[UsageRecord]) -> sqlx::Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for r in batch {
+            sqlx::query(
+                "INSERT INTO usage_records (ts_ms, request_id, key_id, api, model, stream, status,
+                   outcome, input_tokens, output_tokens, cached_tokens, reasoning_tokens,
+                   estimated, latency_ms, ttfb_ms)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(r.ts_ms)
+            .bind(&r.request_id)
+            .bind(r.key_id)
+            .bind(r.api)
+            .bind(&r.model)
+            .bind(r.stream)
+            .bind(i64::from(r.status))
+            .bind(r.outcome.as_str())
+            .bind(r.usage.input_tokens as i64)
+            .bind(r.usage.output_tokens as i64)
+            .bind(r.usage.cached_tokens as i64)
+            .bind(r.usage.reasoning_tokens as i64)
+            .bind(r.estimated)
+            .bind(r.latency_ms as i64)
+            .bind(r.ttfb_ms.map(|v| v as i64))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await
+    }
+
+    pub async fn key_stats(&self, key_id: i64) -> sqlx::Result<KeyStats> {
+        let rows = sqlx::query(
+            "SELECT model, COUNT(*), SUM(outcome <> 'ok'), SUM(input_tokens), SUM(output_tokens),
+                    SUM(cached_tokens), SUM(reasoning_tokens)
+             FROM usage_records WHERE key_id = ? GROUP BY model ORDER BY model",
+        )
+        .bind(key_id)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut stats = KeyStats::default();
+        for row in rows {
+            let m = ModelStats {
+                model: row.try_get(0)?,
+                requests: row.try_get(1)?,
+                input_tokens: row.try_get(3)?,
+                output_tokens: row.try_get(4)?,
+                cached_tokens: row.try_get(5)?,
+            };
+            stats.requests += m.requests;
+            stats.errors += row.try_get::<i64, _>(2)?;
+            stats.input_tokens += m.input_tokens;
+            stats.output_tokens += m.output_tokens;
+            stats.cached_tokens += m.cached_tokens;
+            stats.reasoning_tokens += row.try_get::<i64, _>(6)?;
+            stats.by_model.push(m);
+        }
+        Ok(stats)
+    }
+
+    /// All usage rows, newest last (for tests and the CLI).
+    pub async fn usage_rows(&self) -> sqlx::Result<Vec<serde_json::Value>> {
+        let rows = sqlx::query(
+            "SELECT request_id, key_id, api, model, stream, status, outcome, input_tokens,
+                    output_tokens, cached_tokens, reasoning_tokens, estimated
+             FROM usage_records ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(serde_json::json!({
+                    "request_id": r.try_get::<String, _>(0)?,
+                    "key_id": r.try_get::<i64, _>(1)?,
+                    "api": r.try_get::<String, _>(2)?,
+                    "model": r.try_get::<String, _>(3)?,
+                    "stream": r.try_get::<bool, _>(4)?,
+                    "status": r.try_get::<i64, _>(5)?,
+                    "outcome": r.try_get::<String, _>(6)?,
+                    "input_tokens": r.try_get::<i64, _>(7)?,
+                    "output_tokens": r.try_get::<i64, _>(8)?,
+                    "cached_tokens": r.try_get::<i64, _>(9)?,
+                    "reasoning_tokens": r.try_get::<i64, _>(10)?,
+                    "estimated": r.try_get::<bool, _>(11)?,
+                }))
+            })
+            .collect()
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn key_row(r: &sqlx::sqlite::SqliteRow) -> sqlx::Result<KeyRow> {
+    Ok(KeyRow {
+        id: r.try_get(0)?,
+        name: r.try_get(1)?,
+        key_prefix: r.try_get(2)?,
+        created_at: r.try_get(3)?,
+        expires_at: r.try_get(4)?,
+        revoked_at: r.try_get(5)?,
+    })
+}
