@@ -279,9 +279,14 @@ impl SseMeter {
     }
 
     fn finish(&mut self) -> Metered {
-        if !self.partial.is_empty() {
-            let line = std::mem::take(&mut self.partial);
-            self.line(&line);
+        // An unterminated last line counts only if it is whole (a cut stream leaves half
+        // an event behind, which is not an event).
+        let line = std::mem::take(&mut self.partial);
+        let payload = line.strip_prefix(b"data:").map(|p| p.trim_ascii());
+        if let Some(p) = payload {
+            if p == b"[DONE]" || serde_json::from_slice::<serde::de::IgnoredAny>(p).is_ok() {
+                self.line(&line);
+            }
         }
         let mut out = self.out;
         out.usage = match self.dialect {

@@ -81,6 +81,17 @@ pub fn parse_head(dialect: Dialect, body: &[u8]) -> Result<RequestHead, ApiError
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
+    // serde would read a struct from a JSON array positionally; the APIs want an object.
+    match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') => {}
+        None => return Err(ApiError::bad_request("request body is empty", None)),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "request body must be a JSON object",
+                None,
+            ))
+        }
+    }
     let mut de = serde_json::Deserializer::from_slice(body);
     let result: Result<T, _> = serde_path_to_error::deserialize(&mut de);
     let value = result.map_err(|e| {

@@ -26,6 +26,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Json;
+use futures_util::StreamExt;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
@@ -241,9 +242,12 @@ async fn respond(
         };
         if faults.drop_after.is_some() {
             let half = Bytes::from(text).slice(..10);
-            let parts: Vec<Result<Bytes, std::io::Error>> =
-                vec![Ok(half), Err(std::io::Error::other("mock: dropped"))];
-            let mut r = Response::new(Body::from_stream(futures_util::stream::iter(parts)));
+            let parts =
+                futures_util::stream::iter([Ok(half)]).chain(futures_util::stream::once(async {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    Err(std::io::Error::other("mock: dropped"))
+                }));
+            let mut r = Response::new(Body::from_stream(parts));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
@@ -307,6 +311,8 @@ fn event_stream(
                 tokio::time::sleep(delay).await;
             }
             if drop_at == Some(i) {
+                // Let what was sent reach the wire first, as on a real connection that dies.
+                tokio::time::sleep(Duration::from_millis(50)).await;
                 // Ending the body with an error makes the server reset the connection.
                 return Some((
                     Err(std::io::Error::other("mock: dropped mid-stream")),

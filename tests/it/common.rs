@@ -1,0 +1,177 @@
+//! Starting a mock and a gateway for one test, and small helpers around them.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use glmgate::app::{self, Running};
+use glmgate::config::{self, RawConfig};
+use glmgate::mock::{self, MockOptions};
+use glmgate::store::Store;
+use serde_json::Value;
+use tempfile::TempDir;
+
+pub const UPSTREAM_KEY: &str = "upstream-key-123";
+
+pub struct Env {
+    pub mock: SocketAddr,
+    pub gateway: Option<Running>,
+    pub base: String,
+    pub key: String,
+    pub store: Store,
+    pub http: reqwest::Client,
+    /// Keeps the database directory alive for the test.
+    pub _dir: TempDir,
+}
+
+/// Options for [`start`].
+pub struct Opts {
+    pub mock: MockOptions,
+    pub max_body_bytes: usize,
+    pub first_byte_timeout_secs: u64,
+    pub idle_timeout_secs: u64,
+    pub upstream_override: Option<String>,
+    pub keys: Vec<String>,
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for Opts {
+    fn default() -> Self {
+        Opts {
+            mock: MockOptions::default(),
+            max_body_bytes: 64 * 1024,
+            first_byte_timeout_secs: 30,
+            idle_timeout_secs: 30,
+            upstream_override: None,
+            keys: vec![UPSTREAM_KEY.into()],
+            shutdown_grace_secs: 10,
+        }
+    }
+}
+
+pub fn raw_config(mock: SocketAddr, dir: &TempDir, o: &Opts) -> RawConfig {
+    let upstream = o
+        .upstream_override
+        .clone()
+        .unwrap_or_else(|| format!("http://{mock}"));
+    let mut raw = RawConfig::default();
+    raw.server.listen = "127.0.0.1:0".into();
+    raw.server.max_body_bytes = o.max_body_bytes;
+    raw.server.shutdown_grace_secs = o.shutdown_grace_secs;
+    raw.store.path = dir.path().join("glmgate.db");
+    raw.auth.key_cache_ttl_secs = 1;
+    raw.upstream.preset = "custom".into();
+    raw.upstream.openai_base_url = Some(format!("{upstream}/api/coding/paas/v4"));
+    raw.upstream.anthropic_base_url = Some(format!("{upstream}/api/anthropic"));
+    raw.upstream.keys = o.keys.clone();
+    raw.upstream.first_byte_timeout_secs = o.first_byte_timeout_secs;
+    raw.upstream.idle_timeout_secs = o.idle_timeout_secs;
+    raw.accounting.flush_interval_ms = 50;
+    raw
+}
+
+pub async fn start(o: Opts) -> Env {
+    let mock = mock::spawn(o.mock.clone()).await.expect("mock starts");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let settings = config::validate(raw_config(mock, &dir, &o), None).expect("valid config");
+    let store = Store::open(&settings.store_path).await.expect("store");
+    let (_, key) = glmgate::auth::create_key(&store, "test", None)
+        .await
+        .expect("key");
+    let gateway = app::spawn(settings).await.expect("gateway starts");
+    Env {
+        mock,
+        base: format!("http://{}", gateway.addr),
+        gateway: Some(gateway),
+        key,
+        store,
+        http: reqwest::Client::new(),
+        _dir: dir,
+    }
+}
+
+pub fn openai_body(stream: bool) -> Value {
+    serde_json::json!({
+        "model": "glm-4.7",
+        "stream": stream,
+        "messages": [{"role": "user", "content": "Hello there"}],
+    })
+}
+
+pub fn anthropic_body(stream: bool) -> Value {
+    serde_json::json!({
+        "model": "glm-4.7",
+        "max_tokens": 256,
+        "stream": stream,
+        "messages": [{"role": "user", "content": "Hello there"}],
+    })
+}
+
+impl Env {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn openai(&self, body: &Value) -> reqwest::Response {
+        self.http
+            .post(self.url("/v1/chat/completions"))
+            .bearer_auth(&self.key)
+            .json(body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn anthropic(&self, body: &Value) -> reqwest::Response {
+        self.http
+            .post(self.url("/v1/messages"))
+            .header("x-api-key", &self.key)
+            .header("anthropic-version", "2023-06-01")
+            .json(body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn mock_stats(&self) -> Value {
+        reqwest::get(format!("http://{}/_mock/stats", self.mock))
+            .await
+            .expect("mock stats")
+            .json()
+            .await
+            .expect("json")
+    }
+
+    /// Polls the store until `n` usage rows exist (bounded), then returns them.
+    pub async fn usage_rows(&self, n: usize) -> Vec<Value> {
+        for _ in 0..100 {
+            let rows = self.store.usage_rows().await.expect("rows");
+            if rows.len() >= n {
+                return rows;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("expected {n} usage rows");
+    }
+
+    /// Polls the mock until `pred` holds for its stats (bounded).
+    pub async fn wait_mock(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        for _ in 0..100 {
+            let s = self.mock_stats().await;
+            if pred(&s) {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "mock never reached: {what}; stats {}",
+            self.mock_stats().await
+        );
+    }
+}
+
+/// The `data:` payloads of an SSE text, in order.
+pub fn data_lines(text: &str) -> Vec<&str> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .collect()
+}

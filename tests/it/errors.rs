@@ -1,0 +1,312 @@
+//! Every error a client can cause or receive, in the client's own format with the right status.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::common::*;
+
+async fn expect_openai_error(resp: reqwest::Response, status: u16) -> Value {
+    assert_eq!(resp.status(), status);
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .expect("ascii")
+        .starts_with("application/json"));
+    let body: Value = resp.json().await.expect("json error body");
+    assert!(body["error"]["message"].is_string(), "{body}");
+    body
+}
+
+async fn expect_anthropic_error(resp: reqwest::Response, status: u16, kind: &str) -> Value {
+    assert_eq!(resp.status(), status);
+    let body: Value = resp.json().await.expect("json error body");
+    assert_eq!(body["type"], "error", "{body}");
+    assert_eq!(body["error"]["type"], kind, "{body}");
+    body
+}
+
+#[tokio::test]
+async fn missing_and_invalid_keys_are_401_in_each_format() {
+    let env = start(Opts::default()).await;
+    let resp = env
+        .http
+        .post(env.url("/v1/chat/completions"))
+        .json(&openai_body(false))
+        .send()
+        .await
+        .expect("sent");
+    let body = expect_openai_error(resp, 401).await;
+    assert_eq!(body["error"]["code"], "missing_api_key");
+
+    let resp = env
+        .http
+        .post(env.url("/v1/messages"))
+        .header("x-api-key", "gg-not-a-real-key")
+        .json(&anthropic_body(false))
+        .send()
+        .await
+        .expect("sent");
+    let body = expect_anthropic_error(resp, 401, "authentication_error").await;
+    assert!(
+        !body.to_string().contains("gg-not-a-real-key"),
+        "key not echoed"
+    );
+    assert_eq!(
+        env.mock_stats().await["requests"],
+        0,
+        "nothing reached the upstream"
+    );
+}
+
+#[tokio::test]
+async fn revoked_key_stops_working_within_seconds_and_expired_is_403() {
+    let env = start(Opts::default()).await;
+    assert_eq!(env.openai(&openai_body(false)).await.status(), 200);
+    let prefix = &env.key[..10];
+    assert_eq!(env.store.revoke_key(prefix, 1).await.expect("revoke"), 1);
+    let mut status = 200;
+    for _ in 0..60 {
+        status = env.openai(&openai_body(false)).await.status().as_u16();
+        if status != 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, 403, "revoked key refused within the cache TTL");
+
+    let (_, expired) = glmgate::auth::create_key(&env.store, "old", Some(1_000))
+        .await
+        .expect("key");
+    let resp = env
+        .http
+        .post(env.url("/v1/messages"))
+        .bearer_auth(&expired)
+        .json(&anthropic_body(false))
+        .send()
+        .await
+        .expect("sent");
+    let body = expect_anthropic_error(resp, 403, "permission_error").await;
+    assert!(body["error"]["message"]
+        .as_str()
+        .expect("msg")
+        .contains("expired"));
+}
+
+#[tokio::test]
+async fn malformed_and_incomplete_bodies_are_400_naming_the_field() {
+    let env = start(Opts::default()).await;
+    let send = |path: &'static str, body: &'static str| {
+        env.http
+            .post(env.url(path))
+            .bearer_auth(&env.key)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let body = expect_openai_error(
+        send("/v1/chat/completions", "{\"model\":")
+            .await
+            .expect("sent"),
+        400,
+    )
+    .await;
+    assert!(body["error"]["message"]
+        .as_str()
+        .expect("m")
+        .contains("not valid JSON"));
+
+    let body = expect_openai_error(
+        send(
+            "/v1/chat/completions",
+            r#"{"model":"glm-4.7","messages":"hi"}"#,
+        )
+        .await
+        .expect("sent"),
+        400,
+    )
+    .await;
+    assert_eq!(body["error"]["param"], "messages");
+
+    let body = expect_anthropic_error(
+        send(
+            "/v1/messages",
+            r#"{"model":"glm-4.7","messages":[{"role":"user","content":"x"}]}"#,
+        )
+        .await
+        .expect("sent"),
+        400,
+        "invalid_request_error",
+    )
+    .await;
+    assert!(body["error"]["message"]
+        .as_str()
+        .expect("m")
+        .contains("max_tokens"));
+
+    let body = expect_anthropic_error(
+        send(
+            "/v1/messages",
+            r#"{"model":"glm-4.7","max_tokens":"ten","messages":[]}"#,
+        )
+        .await
+        .expect("sent"),
+        400,
+        "invalid_request_error",
+    )
+    .await;
+    assert!(body["error"]["message"]
+        .as_str()
+        .expect("m")
+        .contains("max_tokens"));
+    assert_eq!(env.mock_stats().await["requests"], 0);
+}
+
+#[tokio::test]
+async fn oversized_body_is_413() {
+    let env = start(Opts::default()).await; // limit 64 KiB
+    let big =
+        json!({"model": "glm-4.7", "messages": [{"role": "user", "content": "x".repeat(100_000)}]});
+    let body = expect_openai_error(env.openai(&big).await, 413).await;
+    assert_eq!(body["error"]["code"], "request_too_large");
+    let big = json!({"model": "glm-4.7", "max_tokens": 5, "messages": [{"role": "user", "content": "x".repeat(100_000)}]});
+    expect_anthropic_error(env.anthropic(&big).await, 413, "request_too_large").await;
+}
+
+#[tokio::test]
+async fn unknown_route_is_404_in_each_format() {
+    let env = start(Opts::default()).await;
+    let resp = env
+        .http
+        .get(env.url("/v1/nothing"))
+        .send()
+        .await
+        .expect("sent");
+    expect_openai_error(resp, 404).await;
+    let resp = env
+        .http
+        .post(env.url("/v1/messages/batches"))
+        .send()
+        .await
+        .expect("sent");
+    expect_anthropic_error(resp, 404, "not_found_error").await;
+    let resp = env
+        .http
+        .get(env.url("/v1/chat/completions"))
+        .send()
+        .await
+        .expect("sent");
+    expect_openai_error(resp, 404).await;
+}
+
+#[tokio::test]
+async fn unreachable_upstream_is_502_without_secrets() {
+    // A port nothing listens on: bind, learn the port, close.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let env = start(Opts {
+        upstream_override: Some(format!("http://127.0.0.1:{port}")),
+        ..Opts::default()
+    })
+    .await;
+    let body = expect_openai_error(env.openai(&openai_body(false)).await, 502).await;
+    assert_eq!(body["error"]["code"], "upstream_unreachable");
+    assert!(!body.to_string().contains(UPSTREAM_KEY));
+    let body =
+        expect_anthropic_error(env.anthropic(&anthropic_body(true)).await, 502, "api_error").await;
+    assert!(!body.to_string().contains(UPSTREAM_KEY));
+    let rows = env.usage_rows(2).await;
+    assert_eq!(rows[0]["outcome"], "upstream_failed");
+    assert_eq!(rows[0]["status"], 502);
+}
+
+#[tokio::test]
+async fn slow_upstream_is_504() {
+    let env = start(Opts {
+        first_byte_timeout_secs: 1,
+        ..Opts::default()
+    })
+    .await;
+    let mut body = openai_body(false);
+    body["mock_fault"] = "slow-first-byte=3000".into();
+    let body = expect_openai_error(env.openai(&body).await, 504).await;
+    assert_eq!(body["error"]["code"], "upstream_timeout");
+    let mut body = anthropic_body(true);
+    body["mock_fault"] = "slow-first-byte=3000".into();
+    expect_anthropic_error(env.anthropic(&body).await, 504, "timeout_error").await;
+}
+
+#[tokio::test]
+async fn upstream_error_statuses_and_bodies_are_passed_on() {
+    let env = start(Opts::default()).await;
+    let mut body = openai_body(false);
+    body["mock_fault"] = "429-1302".into();
+    let resp = env.openai(&body).await;
+    assert_eq!(resp.status(), 429);
+    let json: Value = resp.json().await.expect("json");
+    assert_eq!(json["error"]["code"], "1302");
+
+    let mut body = anthropic_body(true);
+    body["mock_fault"] = "529".into();
+    let resp = env.anthropic(&body).await;
+    assert_eq!(resp.status(), 529);
+    let json: Value = resp.json().await.expect("json");
+    assert_eq!(json["error"]["type"], "overloaded_error");
+
+    let mut body = anthropic_body(false);
+    body["mock_fault"] = "429-1308".into();
+    let resp = env.anthropic(&body).await;
+    assert_eq!(resp.status(), 429);
+    assert_eq!(
+        resp.headers()["retry-after-ms"],
+        "3000",
+        "Retry-After passed on"
+    );
+    let json: Value = resp.json().await.expect("json");
+    assert!(json["error"]["message"]
+        .as_str()
+        .expect("m")
+        .contains("reset at"));
+
+    let mut body = openai_body(false);
+    body["model"] = "gpt-nope".into();
+    let resp = env.openai(&body).await;
+    assert_eq!(resp.status(), 400);
+    let json: Value = resp.json().await.expect("json");
+    assert_eq!(json["error"]["code"], "1211");
+
+    let rows = env.usage_rows(4).await;
+    assert!(rows.iter().all(|r| r["outcome"] == "upstream_error"));
+}
+
+#[tokio::test]
+async fn per_key_fault_injection_reaches_the_mock() {
+    let env = start(Opts {
+        keys: vec!["fault-401".into()],
+        ..Opts::default()
+    })
+    .await;
+    let resp = env.openai(&openai_body(false)).await;
+    assert_eq!(resp.status(), 401);
+    let json: Value = resp.json().await.expect("json");
+    assert_eq!(json["error"]["code"], "1002");
+}
+
+#[tokio::test]
+async fn empty_or_garbage_200_is_a_clean_502() {
+    let env = start(Opts::default()).await;
+    for fault in ["empty-200", "garbage-200"] {
+        let mut body = openai_body(false);
+        body["mock_fault"] = fault.into();
+        let json = expect_openai_error(env.openai(&body).await, 502).await;
+        assert_eq!(
+            json["error"]["code"], "upstream_invalid_response",
+            "{fault}"
+        );
+        let mut body = anthropic_body(false);
+        body["mock_fault"] = fault.into();
+        expect_anthropic_error(env.anthropic(&body).await, 502, "api_error").await;
+    }
+}

@@ -1,0 +1,8 @@
+//! Integration tests: the real gateway and the real mock on ephemeral loopback ports, talked
+//! to over HTTP. One test binary, so the suite links once.
+
+mod common;
+mod errors;
+mod lifecycle;
+mod passthrough;
+mod streaming;

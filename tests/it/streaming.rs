@@ -1,0 +1,100 @@
+//! Streams: events are forwarded as they arrive, a client that leaves cancels the upstream,
+//! and an upstream that breaks off ends the client's stream with an error event.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde_json::Value;
+
+use crate::common::*;
+
+#[tokio::test]
+async fn first_event_arrives_while_upstream_is_still_streaming() {
+    let env = start(Opts::default()).await;
+    let mut body = openai_body(true);
+    // 400 ms between chunks: the whole stream takes over 10 s upstream.
+    body["mock_fault"] = "slow-chunks=400".into();
+    let resp = env.openai(&body).await;
+    assert_eq!(resp.status(), 200);
+    let mut stream = resp.bytes_stream();
+    let first = stream.next().await.expect("a chunk").expect("ok");
+    let text = String::from_utf8_lossy(&first);
+    assert!(text.starts_with("data: {"), "{text}");
+    // Not a timing assertion: the event reached us while the mock had not finished
+    // (no stream completed, one in flight), so the gateway did not hold it back.
+    let stats = env.mock_stats().await;
+    assert_eq!(stats["streams_completed"], 0, "{stats}");
+    assert_eq!(stats["in_flight"], 1, "{stats}");
+    // The second event also comes through before the upstream finishes.
+    let second = stream.next().await.expect("a chunk").expect("ok");
+    assert!(String::from_utf8_lossy(&second).contains("data: "));
+    assert_eq!(env.mock_stats().await["streams_completed"], 0);
+}
+
+#[tokio::test]
+async fn client_disconnect_cancels_upstream_and_is_accounted() {
+    let env = start(Opts::default()).await;
+    let mut body = anthropic_body(true);
+    body["mock_fault"] = "slow-chunks=300".into();
+    let resp = env.anthropic(&body).await;
+    assert_eq!(resp.status(), 200);
+    let mut stream = resp.bytes_stream();
+    let first = stream.next().await.expect("chunk").expect("ok");
+    assert!(String::from_utf8_lossy(&first).contains("message_start"));
+    drop(stream); // the client goes away mid-stream
+    env.wait_mock("upstream stream cancelled", |s| s["streams_cancelled"] == 1)
+        .await;
+    let rows = env.usage_rows(1).await;
+    assert_eq!(rows[0]["outcome"], "client_cancelled");
+    // message_start carried the input usage; it is recorded though the stream was cut.
+    assert!(
+        rows[0]["input_tokens"].as_i64().expect("n") > 0,
+        "{}",
+        rows[0]
+    );
+}
+
+#[tokio::test]
+async fn upstream_drop_mid_stream_ends_with_an_error_event_in_client_format() {
+    let env = start(Opts::default()).await;
+    let mut body = openai_body(true);
+    body["mock_fault"] = "drop-mid-stream=5".into();
+    let text = env.openai(&body).await.text().await.expect("body");
+    let data = data_lines(&text);
+    assert_eq!(data.len(), 6, "{text}");
+    let last: Value = serde_json::from_str(data[5]).expect("json");
+    assert_eq!(last["error"]["code"], "upstream_interrupted");
+
+    let mut body = anthropic_body(true);
+    body["mock_fault"] = "drop-mid-stream=4".into();
+    let text = env.anthropic(&body).await.text().await.expect("body");
+    assert!(text.contains("event: error\ndata: {"), "{text}");
+    assert!(!text.contains("message_stop"));
+
+    let rows = env.usage_rows(2).await;
+    assert_eq!(rows[0]["outcome"], "upstream_cut");
+    // No usage arrived: the gateway estimated what passed and says so.
+    assert_eq!(rows[0]["estimated"], true);
+    assert_eq!(rows[0]["output_tokens"], 5);
+    assert_eq!(rows[1]["outcome"], "upstream_cut");
+    assert!(rows[1]["input_tokens"].as_i64().expect("n") > 0);
+}
+
+#[tokio::test]
+async fn idle_upstream_stream_is_cut_with_an_error_event() {
+    let env = start(Opts {
+        idle_timeout_secs: 1,
+        ..Opts::default()
+    })
+    .await;
+    let mut body = openai_body(true);
+    body["mock_fault"] = "slow-chunks=3000".into();
+    let text = tokio::time::timeout(Duration::from_secs(20), async {
+        env.openai(&body).await.text().await.expect("body")
+    })
+    .await
+    .expect("the gateway ends an idle stream");
+    assert!(text.contains("upstream_interrupted"), "{text}");
+    env.wait_mock("upstream cancelled", |s| s["streams_cancelled"] == 1)
+        .await;
+}
