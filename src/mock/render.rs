@@ -138,6 +138,29 @@ fn event(name: &str, data: Value) -> Bytes {
     Bytes::from(format!("event: {name}\ndata: {data}\n\n"))
 }
 
+/// One content block: its start, its deltas, its stop.
+fn block(out: &mut Vec<Bytes>, index: usize, start: Value, deltas: Vec<Value>, ping: bool) {
+    out.push(event(
+        "content_block_start",
+        json!({"type": "content_block_start", "index": index, "content_block": start}),
+    ));
+    if ping {
+        out.push(Bytes::from_static(
+            b"event: ping\ndata: {\"type\": \"ping\"}\n\n",
+        ));
+    }
+    for delta in deltas {
+        out.push(event(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": index, "delta": delta}),
+        ));
+    }
+    out.push(event(
+        "content_block_stop",
+        json!({"type": "content_block_stop", "index": index}),
+    ));
+}
+
 pub fn anthropic_events(p: &Plan, id: &str) -> Vec<Bytes> {
     let mut out = Vec::new();
     out.push(event("message_start", json!({"type": "message_start", "message": {
@@ -145,50 +168,27 @@ pub fn anthropic_events(p: &Plan, id: &str) -> Vec<Bytes> {
         "content": [], "stop_reason": null, "stop_sequence": null, "usage": anthropic_usage(p, 1)}})));
     let mut index = 0;
     if !p.reasoning.is_empty() {
-        out.push(event(
-            "content_block_start",
-            json!({"type": "content_block_start", "index": index,
-            "content_block": {"type": "thinking", "thinking": "", "signature": ""}}),
-        ));
-        for r in &p.reasoning {
-            out.push(event(
-                "content_block_delta",
-                json!({"type": "content_block_delta", "index": index,
-                "delta": {"type": "thinking_delta", "thinking": r}}),
-            ));
-        }
-        out.push(event(
-            "content_block_stop",
-            json!({"type": "content_block_stop", "index": index}),
-        ));
+        let deltas = p
+            .reasoning
+            .iter()
+            .map(|r| json!({"type": "thinking_delta", "thinking": r}));
+        let start = json!({"type": "thinking", "thinking": "", "signature": ""});
+        block(&mut out, index, start, deltas.collect(), false);
         index += 1;
     }
-    out.push(event(
-        "content_block_start",
-        json!({"type": "content_block_start", "index": index,
-        "content_block": {"type": "text", "text": ""}}),
-    ));
-    out.push(Bytes::from_static(
-        b"event: ping\ndata: {\"type\": \"ping\"}\n\n",
-    ));
-    for t in &p.text {
-        out.push(event(
-            "content_block_delta",
-            json!({"type": "content_block_delta", "index": index,
-            "delta": {"type": "text_delta", "text": t}}),
-        ));
-    }
-    out.push(event(
-        "content_block_stop",
-        json!({"type": "content_block_stop", "index": index}),
-    ));
+    let deltas = p
+        .text
+        .iter()
+        .map(|t| json!({"type": "text_delta", "text": t}));
+    block(
+        &mut out,
+        index,
+        json!({"type": "text", "text": ""}),
+        deltas.collect(),
+        true,
+    );
     for t in &p.tools {
         index += 1;
-        out.push(event(
-            "content_block_start",
-            json!({"type": "content_block_start", "index": index,
-            "content_block": {"type": "tool_use", "id": tool_id(), "name": t.name, "input": {}}}),
-        ));
         // Fragments split mid-token, as real upstreams send them.
         let mid = t
             .arguments
@@ -196,17 +196,12 @@ pub fn anthropic_events(p: &Plan, id: &str) -> Vec<Bytes> {
             .nth(t.arguments.chars().count() / 2)
             .map(|(i, _)| i)
             .unwrap_or(0);
-        for part in ["", &t.arguments[..mid], &t.arguments[mid..]] {
-            out.push(event(
-                "content_block_delta",
-                json!({"type": "content_block_delta", "index": index,
-                "delta": {"type": "input_json_delta", "partial_json": part}}),
-            ));
-        }
-        out.push(event(
-            "content_block_stop",
-            json!({"type": "content_block_stop", "index": index}),
-        ));
+        let parts = ["", &t.arguments[..mid], &t.arguments[mid..]];
+        let deltas = parts
+            .iter()
+            .map(|part| json!({"type": "input_json_delta", "partial_json": part}));
+        let start = json!({"type": "tool_use", "id": tool_id(), "name": t.name, "input": {}});
+        block(&mut out, index, start, deltas.collect(), false);
     }
     out.push(event(
         "message_delta",

@@ -106,6 +106,12 @@ pub fn anthropic_body(stream: bool) -> Value {
     })
 }
 
+/// `body` with a mock fault spec (see docs/mock.md), which the gateway forwards untouched.
+pub fn with_fault(mut body: Value, fault: &str) -> Value {
+    body["mock_fault"] = fault.into();
+    body
+}
+
 impl Env {
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
@@ -130,6 +136,15 @@ impl Env {
             .send()
             .await
             .expect("request sent")
+    }
+
+    /// `GET path` with the client key, as an Anthropic client when `anthropic` is set.
+    pub async fn get_json(&self, path: &str, anthropic: bool) -> Value {
+        let mut req = self.http.get(self.url(path)).bearer_auth(&self.key);
+        if anthropic {
+            req = req.header("anthropic-version", "2023-06-01");
+        }
+        req.send().await.expect("sent").json().await.expect("json")
     }
 
     pub async fn mock_stats(&self) -> Value {

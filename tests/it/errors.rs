@@ -229,34 +229,29 @@ async fn slow_upstream_is_504() {
         ..Opts::default()
     })
     .await;
-    let mut body = openai_body(false);
-    body["mock_fault"] = "slow-first-byte=3000".into();
+    let body = with_fault(openai_body(false), "slow-first-byte=3000");
     let body = expect_openai_error(env.openai(&body).await, 504).await;
     assert_eq!(body["error"]["code"], "upstream_timeout");
-    let mut body = anthropic_body(true);
-    body["mock_fault"] = "slow-first-byte=3000".into();
+    let body = with_fault(anthropic_body(true), "slow-first-byte=3000");
     expect_anthropic_error(env.anthropic(&body).await, 504, "timeout_error").await;
 }
 
 #[tokio::test]
 async fn upstream_error_statuses_and_bodies_are_passed_on() {
     let env = start(Opts::default()).await;
-    let mut body = openai_body(false);
-    body["mock_fault"] = "429-1302".into();
+    let body = with_fault(openai_body(false), "429-1302");
     let resp = env.openai(&body).await;
     assert_eq!(resp.status(), 429);
     let json: Value = resp.json().await.expect("json");
     assert_eq!(json["error"]["code"], "1302");
 
-    let mut body = anthropic_body(true);
-    body["mock_fault"] = "529".into();
+    let body = with_fault(anthropic_body(true), "529");
     let resp = env.anthropic(&body).await;
     assert_eq!(resp.status(), 529);
     let json: Value = resp.json().await.expect("json");
     assert_eq!(json["error"]["type"], "overloaded_error");
 
-    let mut body = anthropic_body(false);
-    body["mock_fault"] = "429-1308".into();
+    let body = with_fault(anthropic_body(false), "429-1308");
     let resp = env.anthropic(&body).await;
     assert_eq!(resp.status(), 429);
     assert_eq!(
@@ -298,15 +293,13 @@ async fn per_key_fault_injection_reaches_the_mock() {
 async fn empty_or_garbage_200_is_a_clean_502() {
     let env = start(Opts::default()).await;
     for fault in ["empty-200", "garbage-200"] {
-        let mut body = openai_body(false);
-        body["mock_fault"] = fault.into();
+        let body = with_fault(openai_body(false), fault);
         let json = expect_openai_error(env.openai(&body).await, 502).await;
         assert_eq!(
             json["error"]["code"], "upstream_invalid_response",
             "{fault}"
         );
-        let mut body = anthropic_body(false);
-        body["mock_fault"] = fault.into();
+        let body = with_fault(anthropic_body(false), fault);
         expect_anthropic_error(env.anthropic(&body).await, 502, "api_error").await;
     }
 }

@@ -9,8 +9,7 @@ use crate::common::*;
 #[tokio::test]
 async fn graceful_stop_lets_in_flight_streams_finish_and_stores_their_usage() {
     let mut env = start(Opts::default()).await;
-    let mut body = openai_body(true);
-    body["mock_fault"] = "slow-chunks=50".into();
+    let body = with_fault(openai_body(true), "slow-chunks=50");
     let resp = env.openai(&body).await;
     let mut stream = resp.bytes_stream();
     let first = stream.next().await.expect("chunk").expect("ok");
@@ -104,8 +103,7 @@ async fn sigterm_drains_streams_and_keys_cli_works() {
     }
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
-    let mut body = openai_body(true);
-    body["mock_fault"] = "slow-chunks=50".into();
+    let body = with_fault(openai_body(true), "slow-chunks=50");
     let resp = http
         .post(format!("{base}/v1/chat/completions"))
         .bearer_auth(&key)

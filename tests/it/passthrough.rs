@@ -140,16 +140,7 @@ async fn keys_work_from_each_place_and_stats_show_totals() {
         .expect("sent");
     assert_eq!(by_header.status(), 200);
     env.usage_rows(2).await;
-    let stats: Value = env
-        .http
-        .get(env.url("/stats"))
-        .bearer_auth(&env.key)
-        .send()
-        .await
-        .expect("sent")
-        .json()
-        .await
-        .expect("json");
+    let stats = env.get_json("/stats", false).await;
     assert_eq!(stats["requests"], 2);
     assert_eq!(stats["by_model"][0]["model"], "glm-4.7");
     assert!(stats["input_tokens"].as_i64().expect("n") > 0);
@@ -159,33 +150,14 @@ async fn keys_work_from_each_place_and_stats_show_totals() {
 #[tokio::test]
 async fn models_health_ready_and_telemetry() {
     let env = start(Opts::default()).await;
-    let openai: Value = env
-        .http
-        .get(env.url("/v1/models"))
-        .bearer_auth(&env.key)
-        .send()
-        .await
-        .expect("sent")
-        .json()
-        .await
-        .expect("json");
+    let openai = env.get_json("/v1/models", false).await;
     assert_eq!(openai["object"], "list");
     assert!(openai["data"]
         .as_array()
         .expect("list")
         .iter()
         .any(|m| m["id"] == "glm-4.7"));
-    let anthropic: Value = env
-        .http
-        .get(env.url("/v1/models"))
-        .header("x-api-key", &env.key)
-        .header("anthropic-version", "2023-06-01")
-        .send()
-        .await
-        .expect("sent")
-        .json()
-        .await
-        .expect("json");
+    let anthropic = env.get_json("/v1/models", true).await;
     assert_eq!(anthropic["has_more"], false);
     assert_eq!(anthropic["data"][0]["type"], "model");
 

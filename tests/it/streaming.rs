@@ -11,9 +11,8 @@ use crate::common::*;
 #[tokio::test]
 async fn first_event_arrives_while_upstream_is_still_streaming() {
     let env = start(Opts::default()).await;
-    let mut body = openai_body(true);
     // 400 ms between chunks: the whole stream takes over 10 s upstream.
-    body["mock_fault"] = "slow-chunks=400".into();
+    let body = with_fault(openai_body(true), "slow-chunks=400");
     let resp = env.openai(&body).await;
     assert_eq!(resp.status(), 200);
     let mut stream = resp.bytes_stream();
@@ -34,8 +33,7 @@ async fn first_event_arrives_while_upstream_is_still_streaming() {
 #[tokio::test]
 async fn client_disconnect_cancels_upstream_and_is_accounted() {
     let env = start(Opts::default()).await;
-    let mut body = anthropic_body(true);
-    body["mock_fault"] = "slow-chunks=300".into();
+    let body = with_fault(anthropic_body(true), "slow-chunks=300");
     let resp = env.anthropic(&body).await;
     assert_eq!(resp.status(), 200);
     let mut stream = resp.bytes_stream();
@@ -57,16 +55,14 @@ async fn client_disconnect_cancels_upstream_and_is_accounted() {
 #[tokio::test]
 async fn upstream_drop_mid_stream_ends_with_an_error_event_in_client_format() {
     let env = start(Opts::default()).await;
-    let mut body = openai_body(true);
-    body["mock_fault"] = "drop-mid-stream=5".into();
+    let body = with_fault(openai_body(true), "drop-mid-stream=5");
     let text = env.openai(&body).await.text().await.expect("body");
     let data = data_lines(&text);
     assert_eq!(data.len(), 6, "{text}");
     let last: Value = serde_json::from_str(data[5]).expect("json");
     assert_eq!(last["error"]["code"], "upstream_interrupted");
 
-    let mut body = anthropic_body(true);
-    body["mock_fault"] = "drop-mid-stream=4".into();
+    let body = with_fault(anthropic_body(true), "drop-mid-stream=4");
     let text = env.anthropic(&body).await.text().await.expect("body");
     assert!(text.contains("event: error\ndata: {"), "{text}");
     assert!(!text.contains("message_stop"));
@@ -87,8 +83,7 @@ async fn idle_upstream_stream_is_cut_with_an_error_event() {
         ..Opts::default()
     })
     .await;
-    let mut body = openai_body(true);
-    body["mock_fault"] = "slow-chunks=3000".into();
+    let body = with_fault(openai_body(true), "slow-chunks=3000");
     let text = tokio::time::timeout(Duration::from_secs(20), async {
         env.openai(&body).await.text().await.expect("body")
     })
