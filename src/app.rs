@@ -7,6 +7,7 @@ use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, Notify};
 use tokio::task::JoinHandle;
@@ -60,7 +61,7 @@ pub async fn serve(
             stopping.notify_one();
         }
     };
-    let server = axum::serve(listener, app).with_graceful_shutdown(signal);
+    let server = axum::serve(with_nodelay(listener), app).with_graceful_shutdown(signal);
     tokio::select! {
         result = server.into_future() => result?,
         _ = async { stopping.notified().await; tokio::time::sleep(grace).await } => {
@@ -71,6 +72,17 @@ pub async fn serve(
     state.store.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Sets TCP_NODELAY on every accepted connection: without it, Nagle's algorithm holds a
+/// small write (an SSE event, the last chunk of a body) until the previous one is
+/// acknowledged, which with delayed ACKs costs up to 40 ms per event.
+pub fn with_nodelay(listener: TcpListener) -> impl axum::serve::Listener<Addr = SocketAddr> {
+    listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    })
 }
 
 /// A gateway running on a background task (tests, the demo).

@@ -26,8 +26,11 @@ use crate::meter::{Meter, Usage};
 use crate::request::{self, RequestHead};
 
 /// Upstream response headers passed on to the client.
-const PASSED_HEADERS: [&str; 6] = [
+const PASSED_HEADERS: [&str; 7] = [
     "content-type",
+    // Kept so a body is framed as the upstream framed it (hyper honours it on a streamed
+    // body); a body cut short then ends the connection, as it would upstream.
+    "content-length",
     "cache-control",
     "retry-after",
     "retry-after-ms",
@@ -146,7 +149,12 @@ async fn stream_back(
     if is_sse && !headers.contains_key(header::CACHE_CONTROL) {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     }
+    let remaining = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
     let body = MeteredBody {
+        remaining,
         first,
         inner: Some(stream),
         ledger,
@@ -252,6 +260,9 @@ impl Drop for Ledger {
 
 /// The response body: upstream bytes forwarded as they arrive, each one shown to the meter.
 struct MeteredBody {
+    /// Bytes still due when the upstream declared a length: hyper stops polling once it
+    /// has sent that many, so reaching zero is how a complete body is recognised.
+    remaining: Option<u64>,
     first: Option<Bytes>,
     /// `None` once the upstream has ended or failed.
     inner: Option<BoxStream<'static, reqwest::Result<Bytes>>>,
@@ -268,7 +279,21 @@ impl MeteredBody {
         if let Some(meter) = self.ledger.meter.as_mut() {
             meter.feed(&chunk);
         }
+        if let Some(left) = self.remaining.as_mut() {
+            *left = left.saturating_sub(chunk.len() as u64);
+            if *left == 0 {
+                self.finished();
+            }
+        }
         Poll::Ready(Some(Ok(chunk)))
+    }
+
+    fn finished(&mut self) {
+        self.ledger.outcome = Some(if self.ledger.status.is_success() {
+            Outcome::Ok
+        } else {
+            Outcome::UpstreamError
+        });
     }
 
     /// The upstream broke off: end an event stream with an error event in the client's
@@ -327,11 +352,7 @@ impl Stream for MeteredBody {
             }
             Poll::Ready(None) => {
                 this.inner = None;
-                this.ledger.outcome = Some(if this.ledger.status.is_success() {
-                    Outcome::Ok
-                } else {
-                    Outcome::UpstreamError
-                });
+                this.finished();
                 Poll::Ready(None)
             }
             Poll::Pending => match this.idle.as_mut().poll(cx) {

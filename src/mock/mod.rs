@@ -101,7 +101,7 @@ pub fn router(options: MockOptions) -> axum::Router {
 
 /// Serves the mock on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, options: MockOptions) -> std::io::Result<()> {
-    axum::serve(listener, router(options)).await
+    axum::serve(crate::app::with_nodelay(listener), router(options)).await
 }
 
 /// Starts the mock on a free loopback port in the background; returns its address.

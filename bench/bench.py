@@ -1,0 +1,444 @@
+#!/usr/bin/env python3
+"""glmgate benchmarks: glmgate against direct-to-mock and a plain nginx reverse proxy, in one
+run, interleaved. Python standard library only; every process it starts is stopped by PID.
+
+    bench/run [--quick] [--reps N] [--duration S]      the table (bench/results/)
+    bench/run --soak MINUTES                             RSS over a constant stream load
+    bench/run --streams N                                N slow streams open at once
+    bench/instructions                                   instructions per request (callgrind)
+
+Everything targets 127.0.0.1 only, and every loop is bounded in count and time.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RELEASE = os.path.join(ROOT, "target", "release")
+GLMGATE = os.path.join(RELEASE, "glmgate")
+LOAD = os.path.join(RELEASE, "glmgate-load")
+RESULTS = os.path.join(ROOT, "bench", "results")
+TICKS = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def log(*a):
+    print(*a, file=sys.stderr, flush=True)
+
+
+def ensure_tools(need_valgrind=False):
+    missing = [p for p, b in (("nginx", "nginx"),) if not shutil.which(b)]
+    if need_valgrind and not shutil.which("valgrind"):
+        missing.append("valgrind")
+    if missing:
+        log(f"installing {' '.join(missing)} from Debian")
+        subprocess.run(["apt-get", "update", "-qq"], check=True)
+        subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True,
+                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    log("building release binaries")
+    subprocess.run(["cargo", "build", "--release", "--quiet", "-p", "glmgate", "-p", "glmgate-load"],
+                   cwd=ROOT, check=True)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, deadline=30):
+    end = time.time() + deadline
+    while time.time() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"port {port} never opened")
+
+
+class Procs:
+    """Processes started by the benchmark; stopped by PID, always."""
+
+    def __init__(self):
+        self.procs = []
+
+    def start(self, args, log_path, **kw):
+        p = subprocess.Popen(args, stdout=open(log_path, "w"), stderr=subprocess.STDOUT, **kw)
+        self.procs.append(p)
+        return p
+
+    def stop(self, p, sig=signal.SIGTERM, timeout=30):
+        if p.poll() is None:
+            p.send_signal(sig)
+            try:
+                p.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+    def stop_all(self):
+        for p in reversed(self.procs):
+            self.stop(p)
+
+
+def children(pid):
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(c) for c in f.read().split()]
+    except OSError:
+        return []
+
+
+def tree(pid):
+    out = [pid]
+    for c in children(pid):
+        out.extend(tree(c))
+    return out
+
+
+def cpu_seconds(pid):
+    total = 0
+    for p in tree(pid):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime + stime
+        except OSError:
+            pass
+    return total / TICKS
+
+
+def rss_mb(pid, field="VmRSS"):
+    total = 0
+    for p in tree(pid):
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith(field + ":"):
+                        total += int(line.split()[1])
+        except OSError:
+            pass
+    return total / 1024
+
+
+def nginx_conf(tmp, port, mock_port):
+    path = os.path.join(tmp, "nginx.conf")
+    with open(path, "w") as f:
+        f.write(f"""
+worker_processes 2;
+daemon off;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log warn;
+events {{ worker_connections 16384; }}
+http {{
+  access_log off;
+  client_body_temp_path {tmp}/nginx-body;
+  proxy_temp_path {tmp}/nginx-proxy;
+  upstream mock {{ server 127.0.0.1:{mock_port}; keepalive 1024; }}
+  server {{
+    listen 127.0.0.1:{port} reuseport;
+    client_max_body_size 64m;
+    client_body_buffer_size 1m;
+    location / {{
+      proxy_pass http://mock;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+      proxy_request_buffering off;
+    }}
+  }}
+}}
+""")
+    return path
+
+
+def glmgate_conf(tmp, port, mock_port):
+    path = os.path.join(tmp, "glmgate.toml")
+    with open(path, "w") as f:
+        f.write(f"""
+[server]
+listen = "127.0.0.1:{port}"
+[store]
+path = "{tmp}/bench.db"
+[upstream]
+preset = "custom"
+openai_base_url = "http://127.0.0.1:{mock_port}/api/coding/paas/v4"
+anthropic_base_url = "http://127.0.0.1:{mock_port}/api/anthropic"
+keys = ["bench-upstream-key"]
+""")
+    return path
+
+
+class Rig:
+    """The mock, nginx and glmgate, started once for a run."""
+
+    def __init__(self, tmp, procs, mock_args=(), glmgate_prefix=()):
+        self.tmp, self.procs = tmp, procs
+        self.mock_port, self.nginx_port, self.gg_port = free_port(), free_port(), free_port()
+        self.mock = procs.start([GLMGATE, "mock", "--listen", f"127.0.0.1:{self.mock_port}", *mock_args],
+                                os.path.join(tmp, "mock.log"), env={**os.environ, "GLMGATE_LOG": "warn"})
+        wait_port(self.mock_port)
+        self.nginx = procs.start(["nginx", "-c", nginx_conf(tmp, self.nginx_port, self.mock_port), "-p", tmp],
+                                 os.path.join(tmp, "nginx.log"))
+        wait_port(self.nginx_port)
+        conf = glmgate_conf(tmp, self.gg_port, self.mock_port)
+        self.key = subprocess.run([GLMGATE, "keys", "create", "--name", "bench", "--config", conf],
+                                  check=True, capture_output=True, text=True).stdout.strip()
+        self.gg = procs.start([*glmgate_prefix, GLMGATE, "serve", "--config", conf],
+                              os.path.join(tmp, "glmgate.log"))
+        wait_port(self.gg_port, deadline=120)
+
+    def target(self, name, api):
+        gw = name == "glmgate"
+        port = {"direct": self.mock_port, "nginx": self.nginx_port, "glmgate": self.gg_port}[name]
+        if api == "openai":
+            path = "/v1/chat/completions" if gw else "/api/coding/paas/v4/chat/completions"
+            headers = [f"authorization: Bearer {self.key if gw else 'bench-upstream-key'}"]
+        else:
+            path = "/v1/messages" if gw else "/api/anthropic/v1/messages"
+            headers = [f"x-api-key: {self.key if gw else 'bench-upstream-key'}", "anthropic-version: 2023-06-01"]
+        pid = {"direct": None, "nginx": self.nginx.pid, "glmgate": self.gg.pid}[name]
+        return f"http://127.0.0.1:{port}{path}", headers + ["content-type: application/json"], pid
+
+
+SCENARIOS = {
+    "openai": ("openai", {"model": "glm-4.7", "messages": [{"role": "user", "content": "Hello"}]}),
+    "openai-stream": ("openai", {"model": "glm-4.7", "stream": True, "messages": [{"role": "user", "content": "Hello"}]}),
+    "anthropic-stream": ("anthropic", {"model": "glm-4.7", "max_tokens": 1024, "stream": True,
+                                       "messages": [{"role": "user", "content": "Hello"}]}),
+    "openai-100kb": ("openai", {"model": "glm-4.7", "messages": [{"role": "user", "content": "x" * 100_000}]}),
+}
+
+
+def body_file(tmp, scenario):
+    path = os.path.join(tmp, f"{scenario}.json")
+    with open(path, "w") as f:
+        json.dump(SCENARIOS[scenario][1], f)
+    return path
+
+
+def load(url, headers, body, concurrency, duration, rate=None, requests=None):
+    args = [LOAD, "--url", url, "--body-file", body, "--concurrency", str(concurrency),
+            "--duration", str(duration)]
+    for h in headers:
+        args += ["--header", h]
+    if rate:
+        args += ["--rate", str(rate)]
+    if requests:
+        args += ["--requests", str(requests)]
+    out = subprocess.run(args, check=True, capture_output=True, text=True, timeout=duration + 600)
+    return json.loads(out.stdout)
+
+
+def measure(rig, target, scenario, concurrency, duration, rate=None):
+    url, headers, pid = rig.target(target, SCENARIOS[scenario][0])
+    cpu0 = cpu_seconds(pid) if pid else 0
+    r = load(url, headers, body_file(rig.tmp, scenario), concurrency, duration, rate)
+    r["cpu_us_per_req"] = ((cpu_seconds(pid) - cpu0) * 1e6 / max(r["requests"], 1)) if pid else None
+    return r
+
+
+def med(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def fmt(v, digits=0):
+    return "–" if v is None else f"{v:,.{digits}f}"
+
+
+def run_table(args):
+    ensure_tools()
+    procs = Procs()
+    tmp = tempfile.mkdtemp(prefix="glmgate-bench-")
+    try:
+        rig = Rig(tmp, procs)
+        time.sleep(1)
+        idle = {"glmgate": rss_mb(rig.gg.pid), "nginx": rss_mb(rig.nginx.pid)}
+        concurrencies = [1, 64] if args.quick else [1, 16, 64, 256]
+        scenarios = list(SCENARIOS) if not args.only else args.only.split(",")
+        targets = ["direct", "nginx", "glmgate"]
+        rows = []
+        for scenario in scenarios:
+            for c in concurrencies:
+                reps = {t: [] for t in targets}
+                for rep in range(args.reps):
+                    order = targets[rep % 3:] + targets[:rep % 3]  # rotate who goes first
+                    for t in order:
+                        reps[t].append(measure(rig, t, scenario, c, args.duration))
+                    log(f"{scenario} c={c} rep {rep + 1}/{args.reps}: " + ", ".join(
+                        f"{t} p50 {reps[t][-1]['latency_us']['p50']}us" for t in targets))
+                rows.append((scenario, c, reps))
+        open_loop = {}
+        for t in targets:
+            open_loop[t] = measure(rig, t, "openai", 0, args.duration, rate=args.rate)
+        peak = {"glmgate": rss_mb(rig.gg.pid, "VmHWM"), "nginx": rss_mb(rig.nginx.pid, "VmHWM")}
+    finally:
+        procs.stop_all()
+    report = render(rows, open_loop, idle, peak, args)
+    os.makedirs(RESULTS, exist_ok=True)
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d-%H%M")
+    for name in (f"{stamp}.md", "latest.md"):
+        with open(os.path.join(RESULTS, name), "w") as f:
+            f.write(report)
+    print(report)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def machine():
+    cpu = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    mem = os.sysconf("SC_PHYS_PAGES") * PAGE / 2**30
+    return f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB, {platform.system()} {platform.release()}"
+
+
+def render(rows, open_loop, idle, peak, args):
+    out = [f"# glmgate benchmark, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC", "",
+           f"Machine: {machine()}. Load generator, mock, nginx and glmgate share these cores.",
+           f"Each cell: median of {args.reps} interleaved repetitions of {args.duration} s "
+           f"(closed loop). Latencies in µs. Overhead = target − direct in the same repetition.", "",
+           "| scenario | c | target | p50 | p90 | p99 | +p50 | +p99 | req/s | vs nginx req/s | CPU µs/req | +TTFB p50 |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for scenario, c, reps in rows:
+        direct = reps["direct"]
+        for t in ("direct", "nginx", "glmgate"):
+            rs = reps[t]
+            lat = lambda q: med([r["latency_us"][q] for r in rs])
+            over = lambda q: med([r["latency_us"][q] - d["latency_us"][q] for r, d in zip(rs, direct)])
+            ttfb = med([r["ttfb_us"]["p50"] - d["ttfb_us"]["p50"] for r, d in zip(rs, direct)])
+            rps = med([r["rps"] for r in rs])
+            ratio = med([r["rps"] / n["rps"] for r, n in zip(rs, reps["nginx"]) if n["rps"]])
+            errors = sum(r["errors"] for r in rs)
+            name = t + (f" ({errors} errors)" if errors else "")
+            stream = "stream" in scenario
+            out.append(f"| {scenario} | {c} | {name} | {fmt(lat('p50'))} | {fmt(lat('p90'))} | {fmt(lat('p99'))} | "
+                       f"{'' if t == 'direct' else fmt(over('p50'))} | {'' if t == 'direct' else fmt(over('p99'))} | "
+                       f"{fmt(rps)} | {fmt(ratio, 2) if t == 'glmgate' else ''} | "
+                       f"{fmt(med([r['cpu_us_per_req'] for r in rs]), 1)} | "
+                       f"{fmt(ttfb) if stream and t != 'direct' else ''} |")
+    out += ["", f"Open loop, OpenAI non-stream at {args.rate} req/s for {args.duration} s (latency from the scheduled start):", "",
+            "| target | p50 | p90 | p99 | max | errors |", "|---|---|---|---|---|---|"]
+    for t, r in open_loop.items():
+        l = r["latency_us"]
+        out.append(f"| {t} | {fmt(l['p50'])} | {fmt(l['p90'])} | {fmt(l['p99'])} | {fmt(l['max'])} | {r['errors']} |")
+    out += ["", "Memory (MB, RSS): " + ", ".join(
+        f"{t} idle {idle[t]:.1f}, peak {peak[t]:.1f}" for t in ("glmgate", "nginx")), ""]
+    return "\n".join(out)
+
+
+def run_soak(args):
+    ensure_tools()
+    procs = Procs()
+    tmp = tempfile.mkdtemp(prefix="glmgate-soak-")
+    try:
+        rig = Rig(tmp, procs, mock_args=["--chunk-delay-ms", "5"])
+        url, headers, _ = rig.target("glmgate", "openai")
+        body = body_file(tmp, "openai-stream")
+        seconds = int(args.soak * 60)
+        loader = subprocess.Popen([LOAD, "--url", url, "--body-file", body, "--concurrency", "32",
+                                   "--duration", str(seconds), *sum((["--header", h] for h in headers), [])],
+                                  stdout=subprocess.PIPE, text=True)
+        samples = []
+        end = time.time() + seconds + 2
+        while time.time() < end and loader.poll() is None:
+            samples.append(rss_mb(rig.gg.pid))
+            log(f"soak t={10 * (len(samples) - 1)}s rss={samples[-1]:.1f} MB")
+            time.sleep(10)
+        result = json.loads(loader.communicate(timeout=120)[0])
+    finally:
+        procs.stop_all()
+    warm = samples[1:] or samples
+    print(f"Soak: {args.soak} min of 32 concurrent streams through glmgate: {result['requests']} requests, "
+          f"{result['errors']} errors. RSS every 10 s (MB): {', '.join(f'{s:.1f}' for s in samples)}. "
+          f"Growth after the first sample: {warm[-1] - warm[0]:+.1f} MB (max {max(warm):.1f}).")
+
+
+def run_streams(args):
+    ensure_tools()
+    resource.setrlimit(resource.RLIMIT_NOFILE, (65536, 65536))
+    procs = Procs()
+    tmp = tempfile.mkdtemp(prefix="glmgate-streams-")
+    try:
+        # 28 events 300 ms apart: each stream stays open about 8 s.
+        rig = Rig(tmp, procs, mock_args=["--chunk-delay-ms", "300"])
+        time.sleep(1)
+        idle = rss_mb(rig.gg.pid)
+        url, headers, _ = rig.target("glmgate", "openai")
+        r = load(url, headers, body_file(tmp, "openai-stream"), args.streams, 6, requests=args.streams)
+        peak = rss_mb(rig.gg.pid, "VmHWM")
+    finally:
+        procs.stop_all()
+    print(f"{args.streams} concurrent slow streams through glmgate: {r['requests']} completed, "
+          f"{r['errors']} failed; RSS idle {idle:.1f} MB, peak {peak:.1f} MB; "
+          f"TTFB p50 {r['ttfb_us']['p50']} µs, p99 {r['ttfb_us']['p99']} µs.")
+
+
+def run_instructions(args):
+    ensure_tools(need_valgrind=True)
+    totals = {}
+    for n in (args.small, args.large):
+        procs = Procs()
+        tmp = tempfile.mkdtemp(prefix="glmgate-cg-")
+        out = os.path.join(tmp, "callgrind.out")
+        try:
+            rig = Rig(tmp, procs, glmgate_prefix=["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"])
+            url, headers, _ = rig.target("glmgate", "openai")
+            load(url, headers, body_file(tmp, "openai"), 1, 0, requests=n)
+            procs.stop(rig.gg, timeout=120)
+        finally:
+            procs.stop_all()
+        with open(out) as f:
+            totals[n] = next(int(l.split()[1]) for l in f if l.startswith(("summary:", "totals:")))
+        log(f"{n} requests: {totals[n]:,} instructions in all")
+    per = (totals[args.large] - totals[args.small]) / (args.large - args.small)
+    print(f"glmgate executes {per:,.0f} instructions per OpenAI non-stream request "
+          f"(callgrind, ({args.large} − {args.small} requests) difference, auth + accounting on).")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="c=1 and 64, one repetition of 2 s")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--duration", type=float, default=5.0)
+    ap.add_argument("--rate", type=int, default=1000, help="open-loop requests per second")
+    ap.add_argument("--only", help="comma-separated scenarios: " + ",".join(SCENARIOS))
+    ap.add_argument("--soak", type=float, metavar="MINUTES")
+    ap.add_argument("--streams", type=int, metavar="N")
+    ap.add_argument("--instructions", action="store_true")
+    ap.add_argument("--small", type=int, default=100)
+    ap.add_argument("--large", type=int, default=400)
+    ap.add_argument("--with-litellm", action="store_true", help="not available yet")
+    args = ap.parse_args()
+    if args.with_litellm:
+        sys.exit("--with-litellm is not implemented yet")
+    if args.quick:
+        args.reps, args.duration = 1, 2.0
+    if args.soak:
+        run_soak(args)
+    elif args.streams:
+        run_streams(args)
+    elif args.instructions:
+        run_instructions(args)
+    else:
+        run_table(args)
+
+
+if __name__ == "__main__":
+    main()
