@@ -1,14 +1,14 @@
 //! Usage records and the batched writer that stores them.
 //!
-//! Records go into a bounded queue (the request path never waits on the database); one task
-//! writes them in a transaction every `flush_interval` or every `batch_size` records. A crash
-//! loses at most one interval; [`RecorderHandle::shutdown`] drains the queue, so a clean
+//! Records go into a bounded buffer (the request path never waits on the database); one task
+//! writes them in a transaction every `flush_interval`, or as soon as `batch_size` are waiting. A crash
+//! loses at most one interval; [`RecorderHandle::shutdown`] drains the buffer, so a clean
 //! shutdown loses nothing.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{oneshot, Notify};
 use tokio::task::JoinHandle;
 
 use crate::config::AccountingSettings;
@@ -59,24 +59,47 @@ pub struct UsageRecord {
     pub ttfb_ms: Option<u64>,
 }
 
-/// The request path's handle: `record` never blocks.
+/// The request path's handle: `record` takes a short lock and never waits on the database.
+///
+/// Records gather in a buffer that the writer takes every `flush_interval`; the writer is
+/// woken early only when a batch is full, so recording does not wake another thread per
+/// request.
 #[derive(Debug)]
 pub struct Recorder {
-    tx: mpsc::Sender<UsageRecord>,
+    buffer: Mutex<Vec<UsageRecord>>,
+    full: Notify,
+    batch_size: usize,
+    capacity: usize,
     dropped: AtomicU64,
 }
 
 impl Recorder {
     pub fn record(&self, record: UsageRecord) {
-        if let Err(e) = self.tx.try_send(record) {
+        let Ok(mut buffer) = self.buffer.lock() else {
+            return;
+        };
+        if buffer.len() >= self.capacity {
+            drop(buffer);
             self.dropped.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(error = %e, "usage queue full or closed; a usage record was lost");
+            tracing::error!("usage buffer full; a usage record was lost");
+            return;
+        }
+        buffer.push(record);
+        if buffer.len() == self.batch_size {
+            self.full.notify_one();
         }
     }
 
-    /// Records that could not be queued since start.
+    /// Records that could not be buffered since start.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+
+    fn take(&self) -> Vec<UsageRecord> {
+        self.buffer
+            .lock()
+            .map(|mut b| std::mem::take(&mut *b))
+            .unwrap_or_default()
     }
 }
 
@@ -87,7 +110,8 @@ pub struct RecorderHandle {
 }
 
 impl RecorderHandle {
-    /// Stops taking records, writes everything queued, and returns when it is stored.
+    /// Writes everything buffered and returns when it is stored. Records made after this
+    /// (by responses still being torn down) stay in the buffer and are lost.
     pub async fn shutdown(self) {
         let _ = self.stop.send(());
         if let Err(e) = self.task.await {
@@ -97,13 +121,20 @@ impl RecorderHandle {
 }
 
 pub fn start(store: Store, settings: &AccountingSettings) -> (Arc<Recorder>, RecorderHandle) {
-    let (tx, rx) = mpsc::channel(settings.queue_capacity);
-    let (stop_tx, stop_rx) = oneshot::channel();
-    let task = tokio::spawn(write_loop(store, rx, stop_rx, settings.clone()));
     let recorder = Arc::new(Recorder {
-        tx,
+        buffer: Mutex::new(Vec::with_capacity(settings.batch_size)),
+        full: Notify::new(),
+        batch_size: settings.batch_size,
+        capacity: settings.queue_capacity,
         dropped: AtomicU64::new(0),
     });
+    let (stop_tx, stop_rx) = oneshot::channel();
+    let task = tokio::spawn(write_loop(
+        store,
+        recorder.clone(),
+        stop_rx,
+        settings.flush_interval,
+    ));
     (
         recorder,
         RecorderHandle {
@@ -115,48 +146,31 @@ pub fn start(store: Store, settings: &AccountingSettings) -> (Arc<Recorder>, Rec
 
 async fn write_loop(
     store: Store,
-    mut rx: mpsc::Receiver<UsageRecord>,
+    recorder: Arc<Recorder>,
     mut stop: oneshot::Receiver<()>,
-    settings: AccountingSettings,
+    interval: std::time::Duration,
 ) {
-    let mut batch = Vec::with_capacity(settings.batch_size);
-    let mut tick = tokio::time::interval(settings.flush_interval);
+    let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            got = rx.recv() => match got {
-                Some(r) => {
-                    batch.push(r);
-                    if batch.len() >= settings.batch_size {
-                        flush(&store, &mut batch).await;
-                    }
-                }
-                None => break,
-            },
-            _ = tick.tick() => flush(&store, &mut batch).await,
-            _ = &mut stop => {
-                rx.close();
-                while let Some(r) = rx.recv().await {
-                    batch.push(r);
-                }
-                break;
-            }
+            _ = tick.tick() => {}
+            _ = recorder.full.notified() => {}
+            _ = &mut stop => break,
         }
+        flush(&store, recorder.take()).await;
     }
-    flush(&store, &mut batch).await;
+    flush(&store, recorder.take()).await;
 }
 
-async fn flush(store: &Store, batch: &mut Vec<UsageRecord>) {
+async fn flush(store: &Store, batch: Vec<UsageRecord>) {
     if batch.is_empty() {
         return;
     }
     // One retry: SQLite can be briefly busy (another process running `glmgate keys`).
     for attempt in 0..2 {
-        match store.insert_usage(batch).await {
-            Ok(()) => {
-                batch.clear();
-                return;
-            }
+        match store.insert_usage(&batch).await {
+            Ok(()) => return,
             Err(e) if attempt == 0 => {
                 tracing::warn!(error = %e, "usage batch write failed; retrying");
                 tokio::time::sleep(std::time::Duration::from_millis(200)).await;
@@ -164,5 +178,4 @@ async fn flush(store: &Store, batch: &mut Vec<UsageRecord>) {
             Err(e) => tracing::error!(error = %e, records = batch.len(), "usage batch lost"),
         }
     }
-    batch.clear();
 }

@@ -161,6 +161,7 @@ async fn stream_back(
         is_sse,
         idle_timeout,
         idle: Box::pin(tokio::time::sleep(idle_timeout)),
+        last_chunk: tokio::time::Instant::now(),
         trailer: None,
     };
     let mut response = Response::new(Body::from_stream(body));
@@ -270,6 +271,7 @@ struct MeteredBody {
     is_sse: bool,
     idle_timeout: std::time::Duration,
     idle: Pin<Box<Sleep>>,
+    last_chunk: tokio::time::Instant,
     /// A last event to send after an upstream failure mid-stream.
     trailer: Option<Bytes>,
 }
@@ -338,29 +340,33 @@ impl Stream for MeteredBody {
         };
         match inner.poll_next_unpin(cx) {
             Poll::Ready(Some(Ok(chunk))) => {
-                let deadline = tokio::time::Instant::now() + this.idle_timeout;
-                this.idle.as_mut().reset(deadline);
+                this.last_chunk = tokio::time::Instant::now();
                 this.pass(chunk)
             }
-            Poll::Ready(Some(Err(e))) => {
-                let why = if e.is_timeout() {
-                    "timed out"
-                } else {
-                    "connection lost"
-                };
-                this.cut(why)
-            }
+            Poll::Ready(Some(Err(e))) => this.cut(if e.is_timeout() {
+                "timed out"
+            } else {
+                "connection lost"
+            }),
             Poll::Ready(None) => {
                 this.inner = None;
                 this.finished();
                 Poll::Ready(None)
             }
-            Poll::Pending => match this.idle.as_mut().poll(cx) {
-                Poll::Ready(()) => {
-                    let why = format!("no data for {} s", this.idle_timeout.as_secs());
-                    this.cut(&why)
+            // The idle timer is not reset per chunk (that touches the timer wheel each
+            // time); when it fires, it is re-armed from the last chunk's time.
+            Poll::Pending => loop {
+                match this.idle.as_mut().poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(()) => {
+                        let deadline = this.last_chunk + this.idle_timeout;
+                        if deadline <= tokio::time::Instant::now() {
+                            let why = format!("no data for {} s", this.idle_timeout.as_secs());
+                            return this.cut(&why);
+                        }
+                        this.idle.as_mut().reset(deadline);
+                    }
                 }
-                Poll::Pending => Poll::Pending,
             },
         }
     }

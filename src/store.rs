@@ -14,7 +14,7 @@ use serde::Serialize;
 use sqlx::error::BoxDynError;
 use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 
 use crate::accounting::UsageRecord;
 
@@ -164,33 +164,36 @@ impl Store {
         Ok(done.rows_affected())
     }
 
-    /// Writes a batch of usage records in one transaction.
+    /// Writes a batch of usage records in one transaction, as few multi-row statements:
+    /// sqlx runs SQLite on its own thread, so each statement is a cross-thread round trip.
     pub async fn insert_usage(&self, batch: &[UsageRecord]) -> sqlx::Result<()> {
+        // 15 values a row; SQLite allows 32,766 bound values per statement.
+        const ROWS_PER_STATEMENT: usize = 1000;
         let mut tx = self.pool.begin().await?;
-        for r in batch {
-            sqlx::query(
+        for rows in batch.chunks(ROWS_PER_STATEMENT) {
+            let mut q = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO usage_records (ts_ms, request_id, key_id, api, model, stream, status,
                    outcome, input_tokens, output_tokens, cached_tokens, reasoning_tokens,
-                   estimated, latency_ms, ttfb_ms)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(r.ts_ms)
-            .bind(&r.request_id)
-            .bind(r.key_id)
-            .bind(r.api)
-            .bind(&r.model)
-            .bind(r.stream)
-            .bind(i64::from(r.status))
-            .bind(r.outcome.as_str())
-            .bind(r.usage.input_tokens as i64)
-            .bind(r.usage.output_tokens as i64)
-            .bind(r.usage.cached_tokens as i64)
-            .bind(r.usage.reasoning_tokens as i64)
-            .bind(r.estimated)
-            .bind(r.latency_ms as i64)
-            .bind(r.ttfb_ms.map(|v| v as i64))
-            .execute(&mut *tx)
-            .await?;
+                   estimated, latency_ms, ttfb_ms) ",
+            );
+            q.push_values(rows, |mut b, r| {
+                b.push_bind(r.ts_ms)
+                    .push_bind(&r.request_id)
+                    .push_bind(r.key_id)
+                    .push_bind(r.api)
+                    .push_bind(&r.model)
+                    .push_bind(r.stream)
+                    .push_bind(i64::from(r.status))
+                    .push_bind(r.outcome.as_str())
+                    .push_bind(r.usage.input_tokens as i64)
+                    .push_bind(r.usage.output_tokens as i64)
+                    .push_bind(r.usage.cached_tokens as i64)
+                    .push_bind(r.usage.reasoning_tokens as i64)
+                    .push_bind(r.estimated)
+                    .push_bind(r.latency_ms as i64)
+                    .push_bind(r.ttfb_ms.map(|v| v as i64));
+            });
+            q.build().execute(&mut *tx).await?;
         }
         tx.commit().await
     }
