@@ -119,7 +119,9 @@ async fn stream_back(
         .map(|v| v.starts_with("text/event-stream"))
         .unwrap_or(false);
     let mut stream = upstream.bytes_stream().boxed();
-    let first = match tokio::time::timeout(first_byte_timeout, stream.next()).await {
+    // One budget for the head and the first body bytes together.
+    let left = first_byte_timeout.saturating_sub(ledger.started.elapsed());
+    let first = match tokio::time::timeout(left, stream.next()).await {
         Err(_) => return Err(ledger.fail(ApiError::UpstreamTimeout(first_byte_timeout.as_secs()))),
         Ok(Some(Err(_))) => {
             return Err(ledger.fail(ApiError::UpstreamInvalid(
