@@ -372,7 +372,11 @@ def run_soak(args):
 
 def run_streams(args):
     ensure_tools()
-    resource.setrlimit(resource.RLIMIT_NOFILE, (65536, 65536))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = 3 * args.streams + 1024  # each stream: client, gateway in and out, mock sockets
+    if hard != resource.RLIM_INFINITY and hard < need:
+        sys.exit(f"--streams {args.streams} needs about {need} open files; the hard limit is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else need, hard))
     procs = Procs()
     tmp = tempfile.mkdtemp(prefix="glmgate-streams-")
     try:

@@ -135,6 +135,13 @@ impl Meter {
     }
 }
 
+/// The parts of a non-stream response body the meter reads.
+#[derive(serde::Deserialize)]
+struct BodyUsage {
+    usage: Option<Value>,
+    error: Option<serde::de::IgnoredAny>,
+}
+
 #[derive(Debug)]
 pub struct JsonMeter {
     dialect: Dialect,
@@ -168,12 +175,13 @@ impl JsonMeter {
             _ => self.chunks.concat().into(),
         };
         self.chunks.clear();
-        let Ok(v) = serde_json::from_slice::<Value>(&body) else {
+        // Only `usage` is built; everything else in the body is skipped, not allocated.
+        let Ok(v) = serde_json::from_slice::<BodyUsage>(&body) else {
             out.complete = false;
             return out;
         };
-        out.upstream_error = v.get("error").is_some();
-        if let Some(u) = v.get("usage") {
+        out.upstream_error = v.error.is_some();
+        if let Some(u) = &v.usage {
             out.usage = match self.dialect {
                 Dialect::OpenAi => Usage::from_openai(u),
                 Dialect::Anthropic => {
