@@ -46,6 +46,19 @@ struct Samples {
     errors: u64,
 }
 
+impl Samples {
+    /// Records one request's outcome: its timings, or an error.
+    fn add(&mut self, result: Option<(Duration, Duration)>) {
+        match result {
+            Some((latency, ttfb)) => {
+                self.latency_us.push(micros(latency));
+                self.ttfb_us.push(micros(ttfb));
+            }
+            None => self.errors += 1,
+        }
+    }
+}
+
 struct Shared {
     client: reqwest::Client,
     url: String,
@@ -137,15 +150,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                             break;
                         }
                         let r = one(&s, start).await;
-                        if start < measure_from {
-                            continue;
-                        }
-                        match r {
-                            Some((lat, ttfb)) => {
-                                out.latency_us.push(micros(lat));
-                                out.ttfb_us.push(micros(ttfb));
-                            }
-                            None => out.errors += 1,
+                        if start >= measure_from {
+                            out.add(r);
                         }
                     }
                     out
@@ -162,13 +168,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     let mut out = Samples::default();
                     let r = one(&s, scheduled).await;
                     if scheduled >= measure_from {
-                        match r {
-                            Some((lat, ttfb)) => {
-                                out.latency_us.push(micros(lat));
-                                out.ttfb_us.push(micros(ttfb));
-                            }
-                            None => out.errors += 1,
-                        }
+                        out.add(r);
                     }
                     out
                 }));
