@@ -22,7 +22,11 @@ const DISPLAY_PREFIX_CHARS: usize = 10;
 
 /// Hex SHA-256 of a key: what the store keeps.
 pub fn hash_key(secret: &str) -> String {
-    hex::encode(Sha256::digest(secret.as_bytes()))
+    hex::encode(digest(secret))
+}
+
+fn digest(secret: &str) -> [u8; 32] {
+    Sha256::digest(secret.as_bytes()).into()
 }
 
 /// A new random key: `(secret, hash, display prefix)`.
@@ -87,7 +91,8 @@ pub fn extract_key<'a>(headers: &'a HeaderMap, uri: &'a Uri) -> Option<std::borr
 /// Checks client keys against the store, with a short-lived cache.
 pub struct Authenticator {
     store: Store,
-    cache: moka::sync::Cache<String, Option<Arc<KeyRow>>>,
+    /// Keyed by the raw digest: a hit costs one hash and no allocation.
+    cache: moka::sync::Cache<[u8; 32], Option<Arc<KeyRow>>>,
 }
 
 impl Authenticator {
@@ -108,17 +113,17 @@ impl Authenticator {
         uri: &Uri,
     ) -> Result<Arc<KeyRow>, ApiError> {
         let secret = extract_key(headers, uri).ok_or(ApiError::MissingKey)?;
-        let hash = hash_key(&secret);
-        let row = match self.cache.get(&hash) {
+        let digest = digest(&secret);
+        let row = match self.cache.get(&digest) {
             Some(cached) => cached,
             None => {
                 let found = self
                     .store
-                    .find_key(&hash)
+                    .find_key(&hex::encode(digest))
                     .await
                     .map_err(|e| ApiError::Internal(format!("key lookup: {e}")))?
                     .map(Arc::new);
-                self.cache.insert(hash, found.clone());
+                self.cache.insert(digest, found.clone());
                 found
             }
         };
