@@ -48,6 +48,8 @@ pub enum ApiError {
     NotFound { method: String, path: String },
     #[error("{0}")]
     NoUpstream(String),
+    #[error("the gateway has no upstream API key configured (upstream.keys or ZAI_API_KEY)")]
+    NoUpstreamKey,
     #[error("upstream unreachable: {0}")]
     UpstreamUnreachable(String),
     #[error("upstream did not answer within {0} seconds")]
@@ -74,6 +76,7 @@ impl ApiError {
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::NoUpstream(_) => StatusCode::NOT_IMPLEMENTED,
+            ApiError::NoUpstreamKey => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::UpstreamUnreachable(_) | ApiError::UpstreamInvalid(_) => {
                 StatusCode::BAD_GATEWAY
             }
@@ -93,6 +96,7 @@ impl ApiError {
             ApiError::TooLarge(_) => ("invalid_request_error", "request_too_large"),
             ApiError::NotFound { .. } => ("invalid_request_error", "unknown_url"),
             ApiError::NoUpstream(_) => ("invalid_request_error", "not_implemented"),
+            ApiError::NoUpstreamKey => ("server_error", "no_upstream_key"),
             ApiError::UpstreamUnreachable(_) => ("server_error", "upstream_unreachable"),
             ApiError::UpstreamTimeout(_) => ("server_error", "upstream_timeout"),
             ApiError::UpstreamInvalid(_) => ("server_error", "upstream_invalid_response"),
@@ -111,6 +115,7 @@ impl ApiError {
             ApiError::UpstreamTimeout(_) => "timeout_error",
             ApiError::UpstreamUnreachable(_)
             | ApiError::UpstreamInvalid(_)
+            | ApiError::NoUpstreamKey
             | ApiError::Internal(_) => "api_error",
         }
     }
@@ -142,7 +147,8 @@ impl ApiError {
             ApiError::Internal(detail) => tracing::error!(request_id, %detail, "internal error"),
             ApiError::UpstreamUnreachable(_)
             | ApiError::UpstreamTimeout(_)
-            | ApiError::UpstreamInvalid(_) => {
+            | ApiError::UpstreamInvalid(_)
+            | ApiError::NoUpstreamKey => {
                 tracing::warn!(request_id, error = %self, "upstream failure")
             }
             _ => tracing::debug!(request_id, error = %self, "request rejected"),

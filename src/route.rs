@@ -48,8 +48,8 @@ impl Router {
         };
         let url = url.ok_or_else(|| {
             ApiError::NoUpstream(format!(
-                "this gateway has no upstream that speaks the {} API, and translation between \
-                 formats is not enabled",
+                "this gateway has no upstream that speaks the {} API, and it cannot yet \
+                 translate between formats",
                 match dialect {
                     Dialect::OpenAi => "OpenAI Chat Completions",
                     Dialect::Anthropic => "Anthropic Messages",

@@ -63,9 +63,7 @@ impl Upstream {
         client_headers: &HeaderMap,
         body: Bytes,
     ) -> Result<reqwest::Response, ApiError> {
-        let key = self.next_key().ok_or_else(|| {
-            ApiError::UpstreamUnreachable("no upstream API key is configured".into())
-        })?;
+        let key = self.next_key().ok_or(ApiError::NoUpstreamKey)?;
         let mut req = self
             .client
             .post(route.url.clone())

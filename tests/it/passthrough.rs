@@ -193,4 +193,13 @@ async fn ready_is_503_without_upstream_keys() {
     assert_eq!(ready.status(), 503);
     let body: Value = ready.json().await.expect("json");
     assert_eq!(body["upstream_keys"], 0);
+    // A request says why, in the client's format, with the same status.
+    let resp = env.openai(&openai_body(false)).await;
+    assert_eq!(resp.status(), 503);
+    let body: Value = resp.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "no_upstream_key");
+    let resp = env.anthropic(&anthropic_body(false)).await;
+    assert_eq!(resp.status(), 503);
+    let body: Value = resp.json().await.expect("json");
+    assert_eq!(body["type"], "error");
 }
