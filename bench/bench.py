@@ -39,9 +39,8 @@ def log(*a):
 
 
 def ensure_tools(need_valgrind=False):
-    missing = [p for p, b in (("nginx", "nginx"),) if not shutil.which(b)]
-    if need_valgrind and not shutil.which("valgrind"):
-        missing.append("valgrind")
+    wanted = ["nginx", "valgrind"] if need_valgrind else ["nginx"]
+    missing = [tool for tool in wanted if not shutil.which(tool)]
     if missing:
         log(f"installing {' '.join(missing)} from Debian")
         subprocess.run(["apt-get", "update", "-qq"], check=True)

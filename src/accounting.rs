@@ -1,11 +1,10 @@
 //! Usage records and the batched writer that stores them.
 //!
 //! Records go into a bounded buffer (the request path never waits on the database); one task
-//! writes them in a transaction every `flush_interval`, or as soon as `batch_size` are waiting. A crash
-//! loses at most one interval; [`RecorderHandle::shutdown`] drains the buffer, so a clean
+//! writes them in a transaction every `flush_interval`, or as soon as `batch_size` are
+//! waiting. A crash loses at most one interval; [`RecorderHandle::shutdown`] drains the buffer, so a clean
 //! shutdown loses nothing.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{oneshot, Notify};
@@ -70,17 +69,13 @@ pub struct Recorder {
     full: Notify,
     batch_size: usize,
     capacity: usize,
-    dropped: AtomicU64,
 }
 
 impl Recorder {
     pub fn record(&self, record: UsageRecord) {
-        let Ok(mut buffer) = self.buffer.lock() else {
-            return;
-        };
+        let mut buffer = self.lock();
         if buffer.len() >= self.capacity {
             drop(buffer);
-            self.dropped.fetch_add(1, Ordering::Relaxed);
             tracing::error!("usage buffer full; a usage record was lost");
             return;
         }
@@ -90,16 +85,16 @@ impl Recorder {
         }
     }
 
-    /// Records that could not be buffered since start.
-    pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
+    fn take(&self) -> Vec<UsageRecord> {
+        std::mem::take(&mut *self.lock())
     }
 
-    fn take(&self) -> Vec<UsageRecord> {
+    /// The buffer, even after a panic elsewhere poisoned the lock: a `Vec` of records is
+    /// never left half-updated by `push` or `take`, so the records in it are still good.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<UsageRecord>> {
         self.buffer
             .lock()
-            .map(|mut b| std::mem::take(&mut *b))
-            .unwrap_or_default()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -126,7 +121,6 @@ pub fn start(store: Store, settings: &AccountingSettings) -> (Arc<Recorder>, Rec
         full: Notify::new(),
         batch_size: settings.batch_size,
         capacity: settings.queue_capacity,
-        dropped: AtomicU64::new(0),
     });
     let (stop_tx, stop_rx) = oneshot::channel();
     let task = tokio::spawn(write_loop(

@@ -6,6 +6,7 @@
 //! client went away (dropping the response body also drops, and so cancels, the upstream
 //! request).
 
+use std::future::Future as _;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -373,8 +374,6 @@ impl Stream for MeteredBody {
         }
     }
 }
-
-use std::future::Future as _;
 
 #[cfg(test)]
 mod tests {

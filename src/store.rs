@@ -227,7 +227,7 @@ impl Store {
         Ok(stats)
     }
 
-    /// All usage rows, newest last (for tests and the CLI).
+    /// All usage rows, oldest first, as JSON (what the integration tests inspect).
     pub async fn usage_rows(&self) -> sqlx::Result<Vec<serde_json::Value>> {
         let rows = sqlx::query(
             "SELECT request_id, key_id, api, model, stream, status, outcome, input_tokens,

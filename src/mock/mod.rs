@@ -72,7 +72,6 @@ struct Last {
     x_api_key: String,
     anthropic_version: String,
     body_sha256: String,
-    path: String,
 }
 
 struct Mock {
@@ -127,7 +126,6 @@ async fn stats(State(m): State<Arc<Mock>>) -> Json<Value> {
         "last_x_api_key": last.x_api_key,
         "last_anthropic_version": last.anthropic_version,
         "last_body_sha256": last.body_sha256,
-        "last_path": last.path,
     }))
 }
 
@@ -176,7 +174,6 @@ async fn respond(
                 x_api_key: x_api_key.clone(),
                 anthropic_version: header_str(&headers, "anthropic-version"),
                 body_sha256: hex::encode(Sha256::digest(&body)),
-                path: String::new(),
             };
         }
         auth.strip_prefix("Bearer ")
