@@ -85,7 +85,7 @@ async fn run(
         ttfb_ms: None,
         meter: None,
     };
-    let upstream = match state.upstream.send(&route, &parts.headers, body).await {
+    let upstream = match state.upstream.send(route, &parts.headers, body).await {
         Ok(r) => r,
         Err(e) => return Err(ledger.fail(e)),
     };

@@ -7,11 +7,11 @@ use crate::config::UpstreamSettings;
 use crate::error::{ApiError, Dialect};
 use crate::request::RequestHead;
 
-/// Where one request will be sent.
-#[derive(Debug, Clone)]
-pub struct Route {
+/// Where one request will be sent (borrowed from the [`Router`]: nothing is copied).
+#[derive(Debug, Clone, Copy)]
+pub struct Route<'a> {
     pub dialect: Dialect,
-    pub url: Url,
+    pub url: &'a Url,
 }
 
 /// Precomputed endpoint URLs per client format.
@@ -41,7 +41,7 @@ impl Router {
         })
     }
 
-    pub fn route(&self, dialect: Dialect, _head: &RequestHead) -> Result<Route, ApiError> {
+    pub fn route(&self, dialect: Dialect, _head: &RequestHead) -> Result<Route<'_>, ApiError> {
         let url = match dialect {
             Dialect::OpenAi => self.openai.as_ref(),
             Dialect::Anthropic => self.anthropic.as_ref(),
@@ -56,10 +56,7 @@ impl Router {
                 }
             ))
         })?;
-        Ok(Route {
-            dialect,
-            url: url.clone(),
-        })
+        Ok(Route { dialect, url })
     }
 }
 

@@ -59,7 +59,7 @@ impl Upstream {
     /// Sends `body` to `route` and waits for the response head (status and headers).
     pub async fn send(
         &self,
-        route: &Route,
+        route: Route<'_>,
         client_headers: &HeaderMap,
         body: Bytes,
     ) -> Result<reqwest::Response, ApiError> {
