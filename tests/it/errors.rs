@@ -127,37 +127,16 @@ async fn malformed_and_incomplete_bodies_are_400_naming_the_field() {
     .await;
     assert_eq!(body["error"]["param"], "messages");
 
-    let body = expect_anthropic_error(
-        send(
-            "/v1/messages",
-            r#"{"model":"glm-4.7","messages":[{"role":"user","content":"x"}]}"#,
-        )
-        .await
-        .expect("sent"),
-        400,
-        "invalid_request_error",
-    )
-    .await;
-    assert!(body["error"]["message"]
-        .as_str()
-        .expect("m")
-        .contains("max_tokens"));
-
-    let body = expect_anthropic_error(
-        send(
-            "/v1/messages",
-            r#"{"model":"glm-4.7","max_tokens":"ten","messages":[]}"#,
-        )
-        .await
-        .expect("sent"),
-        400,
-        "invalid_request_error",
-    )
-    .await;
-    assert!(body["error"]["message"]
-        .as_str()
-        .expect("m")
-        .contains("max_tokens"));
+    // max_tokens missing, then of the wrong type: both name the field.
+    for body in [
+        r#"{"model":"glm-4.7","messages":[{"role":"user","content":"x"}]}"#,
+        r#"{"model":"glm-4.7","max_tokens":"ten","messages":[]}"#,
+    ] {
+        let resp = send("/v1/messages", body).await.expect("sent");
+        let body = expect_anthropic_error(resp, 400, "invalid_request_error").await;
+        let message = body["error"]["message"].as_str().expect("m");
+        assert!(message.contains("max_tokens"), "{message}");
+    }
     assert_eq!(env.mock_stats().await["requests"], 0);
 }
 
