@@ -56,6 +56,8 @@ pub struct UsageRecord {
     pub estimated: bool,
     pub latency_ms: u64,
     pub ttfb_ms: Option<u64>,
+    /// `provider/account` that answered, if any did.
+    pub account: Option<std::sync::Arc<str>>,
 }
 
 /// The request path's handle: `record` takes a short lock and never waits on the database.

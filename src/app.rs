@@ -15,8 +15,8 @@ use tokio::task::JoinHandle;
 use crate::accounting::{self, Recorder, RecorderHandle};
 use crate::auth::Authenticator;
 use crate::config::Settings;
-use crate::route::Router;
 use crate::store::Store;
+use crate::upstream::pool::LimitUpdate;
 use crate::upstream::Upstream;
 
 /// Everything a request handler needs, shared by all requests.
@@ -24,7 +24,6 @@ pub struct AppState {
     pub settings: Settings,
     pub store: Store,
     pub auth: Authenticator,
-    pub router: Router,
     pub upstream: Upstream,
     pub recorder: Arc<Recorder>,
 }
@@ -32,15 +31,91 @@ pub struct AppState {
 pub async fn build_state(settings: Settings) -> anyhow::Result<(Arc<AppState>, RecorderHandle)> {
     let store = Store::open(&settings.store_path).await?;
     let (recorder, recorder_handle) = accounting::start(store.clone(), &settings.accounting);
+    let restored = store.load_limits().await?;
+    if !restored.is_empty() {
+        tracing::info!(
+            count = restored.len(),
+            "restored learned upstream concurrency limits"
+        );
+    }
+    let (limits_tx, limits_rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(save_limits(store.clone(), limits_rx));
     let state = AppState {
         auth: Authenticator::new(store.clone(), settings.key_cache_ttl),
-        router: Router::new(&settings.upstream)?,
-        upstream: Upstream::new(&settings.upstream)?,
+        upstream: Upstream::new(&settings.upstream, &restored, limits_tx)?,
         store,
         recorder,
         settings,
     };
     Ok((Arc::new(state), recorder_handle))
+}
+
+/// Stores learned limits as they change (rarely: on 429 bursts and clean intervals).
+async fn save_limits(store: Store, mut rx: tokio::sync::mpsc::UnboundedReceiver<LimitUpdate>) {
+    while let Some(u) = rx.recv().await {
+        let now = chrono::Utc::now().timestamp_millis();
+        if let Err(e) = store.save_limit(&u.account, &u.model, u.limit, now).await {
+            tracing::warn!(error = %e, account = %u.account, "cannot save a learned limit");
+        }
+    }
+}
+
+/// Re-reads the config file and applies its upstream part (providers, accounts, keys,
+/// policy). An invalid file is refused with the reason and the running config stays.
+pub fn reload(state: &AppState) -> anyhow::Result<String> {
+    let Some(path) = state.settings.source.as_deref() else {
+        anyhow::bail!("the gateway was started without a config file; nothing to reload");
+    };
+    let next = crate::config::load(Some(path))?;
+    let summary = state.upstream.reload(&next.upstream);
+    tracing::info!(%summary, file = %path.display(), "upstream configuration reloaded (other sections apply on restart)");
+    Ok(summary)
+}
+
+/// Reloads on SIGHUP, and when the config file changes (checked every 2 s).
+fn spawn_reloaders(state: Arc<AppState>) {
+    let Some(path) = state.settings.source.clone() else {
+        return;
+    };
+    #[cfg(unix)]
+    {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let Ok(mut hup) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            else {
+                return;
+            };
+            while hup.recv().await.is_some() {
+                if let Err(e) = reload(&state) {
+                    tracing::error!(error = %format!("{e:#}"), "reload refused; keeping the running config");
+                }
+            }
+        });
+    }
+    if !state.settings.upstream.policy.watch_config {
+        return;
+    }
+    tokio::spawn(async move {
+        let stamp = |p: &std::path::Path| {
+            std::fs::metadata(p)
+                .ok()
+                .map(|m| (m.modified().ok(), m.len()))
+        };
+        let mut seen = stamp(&path);
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let now = stamp(&path);
+            if now != seen && now.is_some() {
+                seen = now;
+                if let Err(e) = reload(&state) {
+                    tracing::error!(error = %format!("{e:#}"), "reload refused; keeping the running config");
+                }
+            }
+        }
+    });
 }
 
 /// Serves on `listener` until `shutdown` resolves, then shuts down gracefully.
@@ -51,6 +126,7 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let grace = settings.shutdown_grace;
     let (state, recorder) = build_state(settings).await?;
+    spawn_reloaders(state.clone());
     let app = crate::routes::router(state.clone());
     let stopping = Arc::new(Notify::new());
     let signal = {

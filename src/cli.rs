@@ -128,7 +128,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve { config } => {
             let settings = config::load(config.as_deref())?;
             init_logging(settings.log_format, &settings.log_level);
-            if settings.upstream.keys.is_empty() {
+            if settings.upstream.key_count() == 0 {
                 tracing::warn!("no upstream key configured (upstream.keys or ZAI_API_KEY); /ready reports not ready");
             }
             let listener = tokio::net::TcpListener::bind(settings.listen).await?;

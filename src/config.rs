@@ -37,8 +37,51 @@ pub struct RawConfig {
     pub upstream: RawUpstream,
     pub accounting: RawAccounting,
     pub log: RawLog,
+    pub admin: RawAdmin,
+    /// Upstream providers, each with accounts and their keys. When empty, the `[upstream]`
+    /// shorthand (`preset`, base URLs, `keys`, `ZAI_API_KEY`) makes one provider.
+    pub providers: Vec<RawProvider>,
     /// Model ids served by `GET /v1/models`.
     pub models: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAdmin {
+    /// Bearer token for `/admin/*`; without one the admin API is off.
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawProvider {
+    pub name: String,
+    pub preset: Option<String>,
+    pub openai_base_url: Option<String>,
+    pub anthropic_base_url: Option<String>,
+    pub anthropic_auth: AnthropicAuth,
+    pub accounts: Vec<RawAccount>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAccount {
+    pub name: String,
+    pub keys: Vec<String>,
+    /// An environment variable holding comma-separated keys.
+    pub keys_env: Option<String>,
+    /// A file with one key per line (`#` starts a comment).
+    pub keys_file: Option<PathBuf>,
+    /// Requests in flight on the whole account; 0 = no fixed cap (the adaptive limit rules).
+    pub max_in_flight: u32,
+    /// Requests in flight per key; 0 = no cap.
+    pub key_max_in_flight: u32,
+    /// Requests started per minute on the account; 0 = no cap.
+    pub rpm: u32,
+    /// Requests started per minute per key; 0 = no cap.
+    pub key_rpm: u32,
+    /// Models the account's plan includes; empty = any.
+    pub models: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -99,6 +142,114 @@ pub struct RawUpstream {
     pub connect_timeout_secs: u64,
     pub first_byte_timeout_secs: u64,
     pub idle_timeout_secs: u64,
+    pub total_timeout_secs: u64,
+    pub plan_bench_secs: u64,
+    pub quota_bench_secs: u64,
+    pub quota_poll_secs: u64,
+    pub watch_config: bool,
+    pub retry: RawRetry,
+    pub queue: RawQueue,
+    pub breaker: RawBreaker,
+    pub aimd: RawAimd,
+    pub classes: RawClasses,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRetry {
+    pub max_attempts: u32,
+    pub budget_secs: u64,
+    pub backoff_base_ms: u64,
+    pub backoff_max_ms: u64,
+}
+
+impl Default for RawRetry {
+    fn default() -> Self {
+        RawRetry {
+            max_attempts: 4,
+            budget_secs: 60,
+            backoff_base_ms: 200,
+            backoff_max_ms: 5000,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawQueue {
+    pub max_waiting: usize,
+    pub timeout_secs: u64,
+}
+
+impl Default for RawQueue {
+    fn default() -> Self {
+        RawQueue {
+            max_waiting: 1024,
+            timeout_secs: 30,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawBreaker {
+    pub failures: u32,
+    pub open_secs: u64,
+}
+
+impl Default for RawBreaker {
+    fn default() -> Self {
+        RawBreaker {
+            failures: 5,
+            open_secs: 30,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAimd {
+    pub decrease: f64,
+    pub increase_interval_secs: u64,
+    pub max_limit: u32,
+}
+
+impl Default for RawAimd {
+    fn default() -> Self {
+        RawAimd {
+            decrease: 0.7,
+            increase_interval_secs: 30,
+            max_limit: 256,
+        }
+    }
+}
+
+/// Z.AI business codes per failure class (see docs/upstreams.md). A code listed here wins
+/// over the HTTP status.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawClasses {
+    pub concurrency: Vec<u32>,
+    pub overload: Vec<u32>,
+    pub quota: Vec<u32>,
+    pub plan: Vec<u32>,
+    pub key: Vec<u32>,
+    pub client: Vec<u32>,
+}
+
+impl Default for RawClasses {
+    fn default() -> Self {
+        RawClasses {
+            concurrency: vec![1302],
+            overload: vec![1120, 1230, 1234, 1303, 1305, 1312],
+            quota: vec![1304, 1308, 1310, 1316, 1317, 1318, 1319, 1320, 1321],
+            plan: vec![1113, 1311],
+            key: vec![
+                1000, 1001, 1002, 1003, 1004, 1110, 1111, 1112, 1121, 1309, 1313,
+            ],
+            client: vec![1200, 1210, 1211, 1212, 1213, 1214, 1215, 1261, 1300, 1301],
+        }
+    }
 }
 
 impl Default for RawUpstream {
@@ -112,6 +263,16 @@ impl Default for RawUpstream {
             connect_timeout_secs: 10,
             first_byte_timeout_secs: 600,
             idle_timeout_secs: 300,
+            total_timeout_secs: 3600,
+            plan_bench_secs: 3600,
+            quota_bench_secs: 3600,
+            quota_poll_secs: 0,
+            watch_config: true,
+            retry: RawRetry::default(),
+            queue: RawQueue::default(),
+            breaker: RawBreaker::default(),
+            aimd: RawAimd::default(),
+            classes: RawClasses::default(),
         }
     }
 }
@@ -221,6 +382,9 @@ pub struct Settings {
     pub store_path: PathBuf,
     pub key_cache_ttl: Duration,
     pub upstream: UpstreamSettings,
+    pub admin_token: Option<Secret>,
+    /// The file these settings came from (reloads read it again).
+    pub source: Option<PathBuf>,
     pub accounting: AccountingSettings,
     pub log_format: LogFormat,
     pub log_level: String,
@@ -229,15 +393,67 @@ pub struct Settings {
 
 #[derive(Clone, Debug)]
 pub struct UpstreamSettings {
+    pub providers: Vec<ProviderSettings>,
+    pub policy: Policy,
+}
+
+impl UpstreamSettings {
+    pub fn key_count(&self) -> usize {
+        self.providers
+            .iter()
+            .flat_map(|p| &p.accounts)
+            .map(|a| a.keys.len())
+            .sum()
+    }
+}
+
+/// One upstream service (base URLs and how keys are sent), with its accounts.
+#[derive(Clone, Debug)]
+pub struct ProviderSettings {
+    pub name: String,
     /// Base of the OpenAI-style API (`…/chat/completions` is appended), if any.
     pub openai_base: Option<Url>,
     /// Base of the Anthropic-style API (`…/v1/messages` is appended), if any.
     pub anthropic_base: Option<Url>,
-    pub keys: Vec<Secret>,
     pub anthropic_auth: AnthropicAuth,
+    pub accounts: Vec<AccountSettings>,
+}
+
+/// One billing account: its keys share its limits (Z.AI counts concurrency per account).
+#[derive(Clone, Debug)]
+pub struct AccountSettings {
+    pub name: String,
+    pub keys: Vec<Secret>,
+    pub max_in_flight: u32,
+    pub key_max_in_flight: u32,
+    pub rpm: u32,
+    pub key_rpm: u32,
+    pub models: Vec<String>,
+}
+
+/// How upstream work is scheduled, retried and timed out.
+#[derive(Clone, Debug)]
+pub struct Policy {
     pub connect_timeout: Duration,
     pub first_byte_timeout: Duration,
     pub idle_timeout: Duration,
+    pub total_timeout: Duration,
+    pub max_attempts: u32,
+    pub retry_budget: Duration,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    pub queue_max_waiting: usize,
+    pub queue_timeout: Duration,
+    pub breaker_failures: u32,
+    pub breaker_open: Duration,
+    pub plan_bench: Duration,
+    pub quota_bench: Duration,
+    pub quota_poll: Option<Duration>,
+    pub watch_config: bool,
+    pub aimd_decrease: f64,
+    pub aimd_increase_interval: Duration,
+    pub aimd_max_limit: u32,
+    pub classes: RawClasses,
 }
 
 #[derive(Clone, Debug)]
@@ -262,7 +478,9 @@ pub fn load(path: Option<&Path>) -> anyhow::Result<Settings> {
     let raw: RawConfig = serde_path_to_error::deserialize(value)
         .map_err(|e| anyhow::anyhow!("config field `{}`: {}", e.path(), e.inner()))?;
     let env_keys = std::env::var("ZAI_API_KEY").ok();
-    validate(raw, env_keys.as_deref())
+    let mut settings = validate(raw, env_keys.as_deref())?;
+    settings.source = path.map(Path::to_path_buf);
+    Ok(settings)
 }
 
 /// Applies `GLMGATE_A__B=value` as `a.b = value`. A value that parses as a TOML value
@@ -320,48 +538,7 @@ pub fn validate(raw: RawConfig, env_keys: Option<&str>) -> anyhow::Result<Settin
     if raw.server.max_body_bytes == 0 {
         bail!("server.max_body_bytes must be above 0");
     }
-    let up = raw.upstream;
-    let (mut openai_base, mut anthropic_base) = (None, None);
-    if up.preset != "custom" {
-        let Some((_, o, a)) = PRESETS.iter().find(|(name, _, _)| *name == up.preset) else {
-            let names: Vec<&str> = PRESETS.iter().map(|p| p.0).collect();
-            bail!(
-                "upstream.preset: unknown preset `{}`; use one of {} or `custom`",
-                up.preset,
-                names.join(", ")
-            );
-        };
-        openai_base = Some(parse_base("preset", o)?);
-        anthropic_base = Some(parse_base("preset", a)?);
-    }
-    if let Some(url) = &up.openai_base_url {
-        openai_base = (!url.is_empty())
-            .then(|| parse_base("openai_base_url", url))
-            .transpose()?;
-    }
-    if let Some(url) = &up.anthropic_base_url {
-        anthropic_base = (!url.is_empty())
-            .then(|| parse_base("anthropic_base_url", url))
-            .transpose()?;
-    }
-    if openai_base.is_none() && anthropic_base.is_none() {
-        bail!("upstream: set openai_base_url or anthropic_base_url (or a preset)");
-    }
-    let mut keys: Vec<Secret> = up
-        .keys
-        .iter()
-        .map(|k| k.trim())
-        .filter(|k| !k.is_empty())
-        .map(Secret::new)
-        .collect();
-    if let Some(env) = env_keys {
-        keys.extend(
-            env.split(',')
-                .map(str::trim)
-                .filter(|k| !k.is_empty())
-                .map(Secret::new),
-        );
-    }
+    let upstream = upstream_settings(raw.upstream, raw.providers, env_keys)?;
     if raw.accounting.batch_size == 0 || raw.accounting.queue_capacity == 0 {
         bail!("accounting.batch_size and accounting.queue_capacity must be above 0");
     }
@@ -374,15 +551,13 @@ pub fn validate(raw: RawConfig, env_keys: Option<&str>) -> anyhow::Result<Settin
         shutdown_grace: Duration::from_secs(raw.server.shutdown_grace_secs),
         store_path: raw.store.path,
         key_cache_ttl: Duration::from_secs(raw.auth.key_cache_ttl_secs),
-        upstream: UpstreamSettings {
-            openai_base,
-            anthropic_base,
-            keys,
-            anthropic_auth: up.anthropic_auth,
-            connect_timeout: Duration::from_secs(up.connect_timeout_secs.max(1)),
-            first_byte_timeout: Duration::from_secs(up.first_byte_timeout_secs.max(1)),
-            idle_timeout: Duration::from_secs(up.idle_timeout_secs.max(1)),
-        },
+        upstream,
+        admin_token: raw
+            .admin
+            .token
+            .filter(|t| !t.trim().is_empty())
+            .map(Secret::new),
+        source: None,
         accounting: AccountingSettings {
             flush_interval: Duration::from_millis(raw.accounting.flush_interval_ms.max(10)),
             batch_size: raw.accounting.batch_size,
@@ -391,6 +566,190 @@ pub fn validate(raw: RawConfig, env_keys: Option<&str>) -> anyhow::Result<Settin
         log_format: raw.log.format,
         log_level: raw.log.level,
         models,
+    })
+}
+
+/// Resolves a preset name into its two base URLs.
+fn preset_bases(field: &str, name: &str) -> anyhow::Result<(Option<Url>, Option<Url>)> {
+    if name == "custom" {
+        return Ok((None, None));
+    }
+    let Some((_, o, a)) = PRESETS.iter().find(|(n, _, _)| *n == name) else {
+        let names: Vec<&str> = PRESETS.iter().map(|p| p.0).collect();
+        bail!(
+            "{field}: unknown preset `{name}`; use one of {} or `custom`",
+            names.join(", ")
+        );
+    };
+    Ok((Some(parse_base(field, o)?), Some(parse_base(field, a)?)))
+}
+
+/// Applies explicit base URLs over a preset's (`""` disables that format).
+fn bases(
+    prefix: &str,
+    preset: &str,
+    openai: &Option<String>,
+    anthropic: &Option<String>,
+) -> anyhow::Result<(Option<Url>, Option<Url>)> {
+    let (mut o, mut a) = preset_bases(&format!("{prefix}.preset"), preset)?;
+    if let Some(url) = openai {
+        o = (!url.is_empty())
+            .then(|| parse_base(&format!("{prefix}.openai_base_url"), url))
+            .transpose()?;
+    }
+    if let Some(url) = anthropic {
+        a = (!url.is_empty())
+            .then(|| parse_base(&format!("{prefix}.anthropic_base_url"), url))
+            .transpose()?;
+    }
+    if o.is_none() && a.is_none() {
+        bail!("{prefix}: set openai_base_url or anthropic_base_url (or a preset)");
+    }
+    Ok((o, a))
+}
+
+fn split_keys(text: &str) -> impl Iterator<Item = Secret> + '_ {
+    text.split([',', '\n'])
+        .map(|k| k.split('#').next().unwrap_or("").trim())
+        .filter(|k| !k.is_empty())
+        .map(Secret::new)
+}
+
+fn account_keys(prefix: &str, a: &RawAccount) -> anyhow::Result<Vec<Secret>> {
+    let mut keys: Vec<Secret> = a.keys.iter().flat_map(|k| split_keys(k)).collect();
+    if let Some(var) = &a.keys_env {
+        let text = std::env::var(var)
+            .with_context(|| format!("{prefix}.keys_env: environment variable {var} is not set"))?;
+        keys.extend(split_keys(&text));
+    }
+    if let Some(path) = &a.keys_file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("{prefix}.keys_file: cannot read {}", path.display()))?;
+        keys.extend(split_keys(&text));
+    }
+    let mut seen = std::collections::HashSet::new();
+    keys.retain(|k| seen.insert(k.expose().to_string()));
+    Ok(keys)
+}
+
+fn upstream_settings(
+    up: RawUpstream,
+    providers: Vec<RawProvider>,
+    env_keys: Option<&str>,
+) -> anyhow::Result<UpstreamSettings> {
+    let mut out = Vec::new();
+    if providers.is_empty() {
+        // The shorthand: one provider; each key is taken as its own account (group keys
+        // of one account under [[providers.accounts]] to share its limits).
+        let (openai_base, anthropic_base) = bases(
+            "upstream",
+            &up.preset,
+            &up.openai_base_url,
+            &up.anthropic_base_url,
+        )?;
+        let mut keys: Vec<Secret> = up.keys.iter().flat_map(|k| split_keys(k)).collect();
+        keys.extend(env_keys.into_iter().flat_map(split_keys));
+        let accounts = keys
+            .into_iter()
+            .enumerate()
+            .map(|(i, k)| AccountSettings {
+                name: format!("key{}", i + 1),
+                keys: vec![k],
+                max_in_flight: 0,
+                key_max_in_flight: 0,
+                rpm: 0,
+                key_rpm: 0,
+                models: Vec::new(),
+            })
+            .collect();
+        out.push(ProviderSettings {
+            name: "default".into(),
+            openai_base,
+            anthropic_base,
+            anthropic_auth: up.anthropic_auth,
+            accounts,
+        });
+    } else {
+        if !up.keys.is_empty() {
+            bail!("upstream.keys: with [[providers]] configured, list keys under [[providers.accounts]]");
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, p) in providers.into_iter().enumerate() {
+            let name = if p.name.is_empty() {
+                format!("provider{}", i + 1)
+            } else {
+                p.name
+            };
+            if !names.insert(name.clone()) {
+                bail!("providers: the name `{name}` is used twice");
+            }
+            let prefix = format!("providers.{name}");
+            let (openai_base, anthropic_base) = bases(
+                &prefix,
+                p.preset.as_deref().unwrap_or("zai-coding"),
+                &p.openai_base_url,
+                &p.anthropic_base_url,
+            )?;
+            let mut accounts = Vec::new();
+            let mut account_names = std::collections::HashSet::new();
+            for (j, a) in p.accounts.iter().enumerate() {
+                let aname = if a.name.is_empty() {
+                    format!("account{}", j + 1)
+                } else {
+                    a.name.clone()
+                };
+                if !account_names.insert(aname.clone()) {
+                    bail!("{prefix}.accounts: the name `{aname}` is used twice");
+                }
+                let aprefix = format!("{prefix}.accounts.{aname}");
+                accounts.push(AccountSettings {
+                    keys: account_keys(&aprefix, a)?,
+                    name: aname,
+                    max_in_flight: a.max_in_flight,
+                    key_max_in_flight: a.key_max_in_flight,
+                    rpm: a.rpm,
+                    key_rpm: a.key_rpm,
+                    models: a.models.clone(),
+                });
+            }
+            out.push(ProviderSettings {
+                name,
+                openai_base,
+                anthropic_base,
+                anthropic_auth: p.anthropic_auth,
+                accounts,
+            });
+        }
+    }
+    if !(0.05..=0.95).contains(&up.aimd.decrease) {
+        bail!("upstream.aimd.decrease must be between 0.05 and 0.95");
+    }
+    let policy = Policy {
+        connect_timeout: Duration::from_secs(up.connect_timeout_secs.max(1)),
+        first_byte_timeout: Duration::from_secs(up.first_byte_timeout_secs.max(1)),
+        idle_timeout: Duration::from_secs(up.idle_timeout_secs.max(1)),
+        total_timeout: Duration::from_secs(up.total_timeout_secs.max(1)),
+        max_attempts: up.retry.max_attempts.max(1),
+        retry_budget: Duration::from_secs(up.retry.budget_secs),
+        backoff_base: Duration::from_millis(up.retry.backoff_base_ms),
+        backoff_max: Duration::from_millis(up.retry.backoff_max_ms.max(up.retry.backoff_base_ms)),
+        queue_max_waiting: up.queue.max_waiting,
+        queue_timeout: Duration::from_secs(up.queue.timeout_secs),
+        breaker_failures: up.breaker.failures.max(1),
+        breaker_open: Duration::from_secs(up.breaker.open_secs.max(1)),
+        plan_bench: Duration::from_secs(up.plan_bench_secs.max(1)),
+        quota_bench: Duration::from_secs(up.quota_bench_secs.max(1)),
+        quota_poll: (up.quota_poll_secs > 0)
+            .then(|| Duration::from_secs(up.quota_poll_secs.max(10))),
+        watch_config: up.watch_config,
+        aimd_decrease: up.aimd.decrease,
+        aimd_increase_interval: Duration::from_secs(up.aimd.increase_interval_secs.max(1)),
+        aimd_max_limit: up.aimd.max_limit.max(1),
+        classes: up.classes,
+    };
+    Ok(UpstreamSettings {
+        providers: out,
+        policy,
     })
 }
 
@@ -413,7 +772,10 @@ mod tests {
     fn defaults_use_the_coding_preset() {
         let s = parse("", &[]).expect("defaults are valid");
         assert_eq!(
-            s.upstream.openai_base.map(|u| u.to_string()),
+            s.upstream.providers[0]
+                .openai_base
+                .clone()
+                .map(|u| u.to_string()),
             Some("https://api.z.ai/api/coding/paas/v4".into())
         );
         assert_eq!(s.listen.port(), 8080);
@@ -434,9 +796,9 @@ mod tests {
         .expect("valid");
         assert_eq!(s.listen.port(), 9000);
         assert_eq!(s.max_body_bytes, 1024);
-        assert!(s
-            .upstream
+        assert!(s.upstream.providers[0]
             .openai_base
+            .clone()
             .expect("set")
             .as_str()
             .contains("/api/paas/v4"));
@@ -459,11 +821,69 @@ mod tests {
             &[],
         )
         .expect("valid");
-        assert!(s.upstream.anthropic_base.is_none());
+        assert!(s.upstream.providers[0].anthropic_base.is_none());
         assert_eq!(
-            s.upstream.openai_base.expect("set").as_str(),
+            s.upstream.providers[0]
+                .openai_base
+                .clone()
+                .expect("set")
+                .as_str(),
             "http://127.0.0.1:9/v1"
         );
+    }
+
+    #[test]
+    fn providers_accounts_and_keys() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("keys.txt");
+        std::fs::write(&file, "# team b\nk-file-1\n\nk-file-2 # spare\n").expect("write");
+        let text = format!(
+            r#"
+[[providers]]
+name = "zai"
+preset = "zai"
+[[providers.accounts]]
+name = "a"
+keys = ["k1", "k2", "k1"]
+max_in_flight = 2
+models = ["glm-4.7"]
+[[providers.accounts]]
+name = "b"
+keys_file = "{}"
+"#,
+            file.display()
+        );
+        let s = parse(&text, &[]).expect("valid");
+        let p = &s.upstream.providers[0];
+        assert_eq!(p.name, "zai");
+        assert_eq!(p.accounts[0].keys.len(), 2, "duplicates dropped");
+        assert_eq!(p.accounts[0].max_in_flight, 2);
+        assert_eq!(p.accounts[1].keys.len(), 2);
+        assert_eq!(p.accounts[1].keys[1].expose(), "k-file-2");
+        assert_eq!(s.upstream.key_count(), 4);
+        let err = parse("[upstream]\nkeys=[\"x\"]\n[[providers]]\nname=\"p\"\n", &[])
+            .expect_err("both forms");
+        assert!(err.to_string().contains("upstream.keys"), "{err}");
+        let err = parse(
+            "[[providers]]\nname=\"p\"\n[[providers]]\nname=\"p\"\n",
+            &[],
+        )
+        .expect_err("duplicate name");
+        assert!(err.to_string().contains("twice"), "{err}");
+    }
+
+    #[test]
+    fn shorthand_keys_are_one_account_each() {
+        let mut value: toml::Value = toml::from_str("[upstream]\nkeys = [\"a\"]\n").expect("toml");
+        apply_env_overrides(&mut value, std::iter::empty()).expect("env");
+        let raw: RawConfig = serde_path_to_error::deserialize(value).expect("raw");
+        let s = validate(raw, Some("b, c")).expect("valid");
+        let names: Vec<&str> = s.upstream.providers[0]
+            .accounts
+            .iter()
+            .map(|a| a.name.as_str())
+            .collect();
+        assert_eq!(names, ["key1", "key2", "key3"]);
     }
 
     #[test]

@@ -50,6 +50,21 @@ pub enum ApiError {
     NoUpstream(String),
     #[error("the gateway has no upstream API key configured (upstream.keys or ZAI_API_KEY)")]
     NoUpstreamKey,
+    #[error("{message}")]
+    QuotaExhausted {
+        message: String,
+        retry_after_secs: u64,
+    },
+    #[error("{message}")]
+    Saturated {
+        message: String,
+        retry_after_secs: u64,
+    },
+    #[error("{message}")]
+    NoWorkingUpstream {
+        message: String,
+        retry_after_secs: u64,
+    },
     #[error("upstream unreachable: {0}")]
     UpstreamUnreachable(String),
     #[error("upstream did not answer within {0} seconds")]
@@ -76,12 +91,33 @@ impl ApiError {
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::NoUpstream(_) => StatusCode::NOT_IMPLEMENTED,
-            ApiError::NoUpstreamKey => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::NoUpstreamKey | ApiError::NoWorkingUpstream { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ApiError::QuotaExhausted { .. } | ApiError::Saturated { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ApiError::UpstreamUnreachable(_) | ApiError::UpstreamInvalid(_) => {
                 StatusCode::BAD_GATEWAY
             }
             ApiError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Seconds the client should wait before retrying, sent as `Retry-After`.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            ApiError::QuotaExhausted {
+                retry_after_secs, ..
+            }
+            | ApiError::Saturated {
+                retry_after_secs, ..
+            }
+            | ApiError::NoWorkingUpstream {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
+            _ => None,
         }
     }
 
@@ -97,6 +133,9 @@ impl ApiError {
             ApiError::NotFound { .. } => ("invalid_request_error", "unknown_url"),
             ApiError::NoUpstream(_) => ("invalid_request_error", "not_implemented"),
             ApiError::NoUpstreamKey => ("server_error", "no_upstream_key"),
+            ApiError::NoWorkingUpstream { .. } => ("server_error", "no_working_upstream_key"),
+            ApiError::QuotaExhausted { .. } => ("rate_limit_error", "upstream_quota_exhausted"),
+            ApiError::Saturated { .. } => ("rate_limit_error", "rate_limit_exceeded"),
             ApiError::UpstreamUnreachable(_) => ("server_error", "upstream_unreachable"),
             ApiError::UpstreamTimeout(_) => ("server_error", "upstream_timeout"),
             ApiError::UpstreamInvalid(_) => ("server_error", "upstream_invalid_response"),
@@ -113,6 +152,8 @@ impl ApiError {
             ApiError::TooLarge(_) => "request_too_large",
             ApiError::NotFound { .. } => "not_found_error",
             ApiError::UpstreamTimeout(_) => "timeout_error",
+            ApiError::QuotaExhausted { .. } | ApiError::Saturated { .. } => "rate_limit_error",
+            ApiError::NoWorkingUpstream { .. } => "api_error",
             ApiError::UpstreamUnreachable(_)
             | ApiError::UpstreamInvalid(_)
             | ApiError::NoUpstreamKey
@@ -148,13 +189,22 @@ impl ApiError {
             ApiError::UpstreamUnreachable(_)
             | ApiError::UpstreamTimeout(_)
             | ApiError::UpstreamInvalid(_)
-            | ApiError::NoUpstreamKey => {
+            | ApiError::NoUpstreamKey
+            | ApiError::NoWorkingUpstream { .. }
+            | ApiError::QuotaExhausted { .. }
+            | ApiError::Saturated { .. } => {
                 tracing::warn!(request_id, error = %self, "upstream failure")
             }
             _ => tracing::debug!(request_id, error = %self, "request rejected"),
         }
         let body = self.body(dialect, request_id).to_string();
+        let retry_after = self.retry_after_secs();
         let mut response = (status, body).into_response();
+        if let Some(secs) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         response.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),

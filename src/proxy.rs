@@ -17,14 +17,18 @@ use axum::extract::Request;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::Response;
 use bytes::Bytes;
-use futures_util::stream::{BoxStream, Stream, StreamExt};
+use futures_util::stream::{Stream, StreamExt};
 use tokio::time::Sleep;
 
 use crate::accounting::{Outcome, Recorder, UsageRecord};
 use crate::app::AppState;
+use crate::config::Policy;
 use crate::error::{ApiError, Dialect};
 use crate::meter::{Meter, Usage};
 use crate::request::{self, RequestHead};
+use crate::route;
+use crate::upstream::pool::Permit;
+use crate::upstream::{BodyStream, Opened};
 
 /// Upstream response headers passed on to the client.
 const PASSED_HEADERS: [&str; 7] = [
@@ -70,8 +74,8 @@ async fn run(
     let key = state.auth.authenticate(&parts.headers, &parts.uri).await?;
     let body = request::read_body(body, state.settings.max_body_bytes).await?;
     let head = request::parse_head(dialect, &body)?;
-    let route = state.router.route(dialect, &head)?;
-    // Admission (quotas, concurrency limits) slots in here.
+    let route = route::route(&state.upstream.pool(), dialect, &head)?;
+    // Client-key quotas slot in here; upstream admission happens in `upstream.send`.
     let mut ledger = Ledger {
         recorder: state.recorder.clone(),
         request_id: request_id.to_string(),
@@ -84,69 +88,33 @@ async fn run(
         outcome: None,
         ttfb_ms: None,
         meter: None,
+        account: None,
+        attempts: 0,
     };
-    let upstream = match state.upstream.send(route, &parts.headers, body).await {
-        Ok(r) => r,
+    let opened = match state
+        .upstream
+        .send(route.dialect, &ledger.head.model, &parts.headers, body)
+        .await
+    {
+        Ok(o) => o,
         Err(e) => return Err(ledger.fail(e)),
     };
-    stream_back(
-        upstream,
-        ledger,
-        state.upstream.first_byte_timeout,
-        state.upstream.idle_timeout,
-    )
-    .await
+    Ok(stream_back(opened, ledger, &state.upstream.pool().policy))
 }
 
-/// Waits for the first body bytes (so an empty or garbage answer becomes a clean 502 before
-/// any header is sent), then streams the rest through a [`MeteredBody`].
-async fn stream_back(
-    upstream: reqwest::Response,
-    mut ledger: Ledger,
-    first_byte_timeout: std::time::Duration,
-    idle_timeout: std::time::Duration,
-) -> Result<Response, ApiError> {
-    let status = upstream.status();
+/// Streams the upstream answer back through a [`MeteredBody`].
+fn stream_back(mut opened: Opened, mut ledger: Ledger, policy: &Policy) -> Response {
+    let status = opened.status;
     ledger.status = status;
+    ledger.account = opened.account.take();
+    ledger.attempts = opened.attempts;
     let mut headers = HeaderMap::new();
     for name in PASSED_HEADERS {
-        if let Some(v) = upstream.headers().get(name) {
+        if let Some(v) = opened.headers.get(name) {
             headers.insert(HeaderName::from_static(name), v.clone());
         }
     }
-    let is_sse = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.starts_with("text/event-stream"))
-        .unwrap_or(false);
-    let mut stream = upstream.bytes_stream().boxed();
-    // One budget for the head and the first body bytes together.
-    let left = first_byte_timeout.saturating_sub(ledger.started.elapsed());
-    let first = match tokio::time::timeout(left, stream.next()).await {
-        Err(_) => return Err(ledger.fail(ApiError::UpstreamTimeout(first_byte_timeout.as_secs()))),
-        Ok(Some(Err(_))) => {
-            return Err(ledger.fail(ApiError::UpstreamInvalid(
-                "the connection closed before a response body arrived".into(),
-            )))
-        }
-        Ok(None) if status.is_success() => {
-            return Err(ledger.fail(ApiError::UpstreamInvalid("empty response body".into())))
-        }
-        Ok(None) => None,
-        Ok(Some(Ok(chunk))) => {
-            if status.is_success() && !plausible_start(&chunk, is_sse) {
-                return Err(ledger.fail(ApiError::UpstreamInvalid(format!(
-                    "expected {}, got something else",
-                    if is_sse {
-                        "an event stream"
-                    } else {
-                        "a JSON body"
-                    }
-                ))));
-            }
-            Some(chunk)
-        }
-    };
+    let is_sse = opened.is_sse;
     ledger.ttfb_ms = Some(ledger.started.elapsed().as_millis() as u64);
     ledger.meter = Some(Meter::new(ledger.dialect, is_sse));
     if is_sse && !headers.contains_key(header::CACHE_CONTROL) {
@@ -156,34 +124,30 @@ async fn stream_back(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok());
-    let body = MeteredBody {
+    let now = tokio::time::Instant::now();
+    let total_deadline = tokio::time::Instant::from_std(ledger.started) + policy.total_timeout;
+    let mut body = MeteredBody {
         remaining,
-        first,
-        inner: Some(stream),
+        first: opened.first.take(),
+        inner: opened.rest.take(),
+        permit: opened.permit.take(),
         ledger,
         is_sse,
-        idle_timeout,
-        idle: Box::pin(tokio::time::sleep(idle_timeout)),
-        last_chunk: tokio::time::Instant::now(),
+        idle_timeout: policy.idle_timeout,
+        total_deadline,
+        idle: Box::pin(tokio::time::sleep_until(
+            (now + policy.idle_timeout).min(total_deadline),
+        )),
+        last_chunk: now,
         trailer: None,
     };
+    if body.inner.is_none() && body.first.is_none() {
+        body.finished();
+    }
     let mut response = Response::new(Body::from_stream(body));
     *response.status_mut() = status;
     *response.headers_mut() = headers;
-    Ok(response)
-}
-
-/// Does the first chunk of a 2xx body look like what its content type promises?
-fn plausible_start(chunk: &[u8], is_sse: bool) -> bool {
-    let Some(&b) = chunk.iter().find(|b| !b.is_ascii_whitespace()) else {
-        return true; // whitespace only: let the meter judge the rest
-    };
-    if is_sse {
-        // data:, event:, id:, retry:, or a `:` comment
-        matches!(b, b'd' | b'e' | b'i' | b'r' | b':')
-    } else {
-        matches!(b, b'{' | b'[')
-    }
+    response
 }
 
 /// Everything needed to account for one request; writes its record when dropped.
@@ -200,6 +164,9 @@ struct Ledger {
     outcome: Option<Outcome>,
     ttfb_ms: Option<u64>,
     meter: Option<Meter>,
+    /// `provider/account` that answered, and how many attempts it took.
+    account: Option<Arc<str>>,
+    attempts: u32,
 }
 
 impl Ledger {
@@ -243,6 +210,8 @@ impl Drop for Ledger {
             estimated,
             ttfb_ms = self.ttfb_ms,
             latency_ms,
+            upstream = self.account.as_deref(),
+            attempts = self.attempts,
             "request"
         );
         self.recorder.record(UsageRecord {
@@ -258,6 +227,7 @@ impl Drop for Ledger {
             estimated,
             latency_ms,
             ttfb_ms: self.ttfb_ms,
+            account: self.account.take(),
         });
     }
 }
@@ -269,10 +239,13 @@ struct MeteredBody {
     remaining: Option<u64>,
     first: Option<Bytes>,
     /// `None` once the upstream has ended or failed.
-    inner: Option<BoxStream<'static, reqwest::Result<Bytes>>>,
+    inner: Option<BodyStream>,
+    /// The upstream slot; released when the body ends or is dropped.
+    permit: Option<Permit>,
     ledger: Ledger,
     is_sse: bool,
     idle_timeout: std::time::Duration,
+    total_deadline: tokio::time::Instant,
     idle: Pin<Box<Sleep>>,
     last_chunk: tokio::time::Instant,
     /// A last event to send after an upstream failure mid-stream.
@@ -306,6 +279,9 @@ impl MeteredBody {
     fn cut(&mut self, why: &str) -> Poll<Option<Result<Bytes, std::io::Error>>> {
         self.inner = None;
         self.ledger.outcome = Some(Outcome::UpstreamCut);
+        if let Some(permit) = self.permit.as_mut() {
+            permit.stream_failed();
+        }
         tracing::warn!(request_id = %self.ledger.request_id, why, "upstream stream cut");
         if !self.is_sse {
             return Poll::Ready(Some(Err(std::io::Error::other(why.to_string()))));
@@ -353,6 +329,7 @@ impl Stream for MeteredBody {
             }),
             Poll::Ready(None) => {
                 this.inner = None;
+                this.permit = None;
                 this.finished();
                 Poll::Ready(None)
             }
@@ -362,30 +339,19 @@ impl Stream for MeteredBody {
                 match this.idle.as_mut().poll(cx) {
                     Poll::Pending => return Poll::Pending,
                     Poll::Ready(()) => {
+                        let now = tokio::time::Instant::now();
+                        if this.total_deadline <= now {
+                            return this.cut("the response exceeded upstream.total_timeout_secs");
+                        }
                         let deadline = this.last_chunk + this.idle_timeout;
-                        if deadline <= tokio::time::Instant::now() {
+                        if deadline <= now {
                             let why = format!("no data for {} s", this.idle_timeout.as_secs());
                             return this.cut(&why);
                         }
-                        this.idle.as_mut().reset(deadline);
+                        this.idle.as_mut().reset(deadline.min(this.total_deadline));
                     }
                 }
             },
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::plausible_start;
-
-    #[test]
-    fn first_bytes_are_checked_for_shape() {
-        assert!(plausible_start(b"data: {}", true));
-        assert!(plausible_start(b"event: message_start", true));
-        assert!(plausible_start(b"  {\"id\":1}", false));
-        assert!(!plausible_start(b"<html>", false));
-        assert!(!plausible_start(b"{\"x\":1}", true));
-        assert!(plausible_start(b"   ", false));
     }
 }

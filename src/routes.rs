@@ -35,6 +35,8 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
         .route("/stats", get(stats))
         .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/ready", get(ready))
+        .route("/admin/upstreams", get(admin_upstreams))
+        .route("/admin/reload", post(admin_reload))
         .route(
             "/api/event_logging/{*rest}",
             any(|| async { StatusCode::NO_CONTENT }),
@@ -121,15 +123,17 @@ async fn stats(State(state): State<Arc<AppState>>, req: Request) -> Response {
     }
 }
 
-/// `GET /ready`: the store answers and at least one upstream key is configured.
+/// `GET /ready`: the store answers and at least one upstream key is usable.
 async fn ready(State(state): State<Arc<AppState>>) -> Response {
     let store_ok = state.store.ping().await;
-    let keys = state.upstream.key_count();
-    let ready = store_ok && keys > 0;
+    let pool = state.upstream.pool();
+    let usable = pool.usable_key_count();
+    let ready = store_ok && usable > 0;
     let body = Json(json!({
         "status": if ready { "ready" } else { "not_ready" },
         "store": if store_ok { "ok" } else { "unreachable" },
-        "upstream_keys": keys,
+        "upstream_keys": pool.key_count(),
+        "usable_upstream_keys": usable,
     }));
     let status = if ready {
         StatusCode::OK
@@ -137,4 +141,61 @@ async fn ready(State(state): State<Arc<AppState>>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, body).into_response()
+}
+
+/// Admin endpoints need `Authorization: Bearer <admin.token>`; without a configured token
+/// the admin API is off.
+/// Returns the refusal, if any.
+fn admin_refusal(state: &AppState, headers: &HeaderMap) -> Option<Response> {
+    let deny = |status: StatusCode, message: &str| {
+        (
+            status,
+            Json(json!({"error": {"type": "admin_error", "message": message}})),
+        )
+            .into_response()
+    };
+    let Some(token) = &state.settings.admin_token else {
+        return Some(deny(
+            StatusCode::FORBIDDEN,
+            "the admin API is off: set admin.token (or GLMGATE_ADMIN__TOKEN)",
+        ));
+    };
+    let given = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    // Compare digests, so the time taken says nothing about a matching prefix.
+    let digest = |s: &str| <sha2::Sha256 as sha2::Digest>::digest(s.as_bytes());
+    if given.is_empty() || digest(given) != digest(token.expose()) {
+        return Some(deny(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong admin token",
+        ));
+    }
+    None
+}
+
+/// `GET /admin/upstreams`: every account and key (labels, never secrets) with its state.
+async fn admin_upstreams(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Some(r) = admin_refusal(&state, &headers) {
+        return r;
+    }
+    Json(state.upstream.pool().snapshot()).into_response()
+}
+
+/// `POST /admin/reload`: re-reads the config file; an invalid one is refused (400) and the
+/// running config stays.
+async fn admin_reload(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Some(r) = admin_refusal(&state, &headers) {
+        return r;
+    }
+    match crate::app::reload(&state) {
+        Ok(summary) => Json(json!({"status": "reloaded", "upstreams": summary})).into_response(),
+        Err(e) => (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": {"type": "invalid_config", "message": format!("{e:#}")}})),
+        )
+            .into_response(),
+    }
 }

@@ -5,6 +5,7 @@
 //! batch or nothing.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
@@ -19,11 +20,18 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 use crate::accounting::UsageRecord;
 
 /// The schema, in order. Never edit an entry that has shipped: add a new one.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "init",
-    include_str!("../migrations/sqlite/0001_init.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "init",
+        include_str!("../migrations/sqlite/0001_init.sql"),
+    ),
+    (
+        2,
+        "upstreams",
+        include_str!("../migrations/sqlite/0002_upstreams.sql"),
+    ),
+];
 
 #[derive(Debug)]
 struct Embedded;
@@ -167,14 +175,14 @@ impl Store {
     /// Writes a batch of usage records in one transaction, as few multi-row statements:
     /// sqlx runs SQLite on its own thread, so each statement is a cross-thread round trip.
     pub async fn insert_usage(&self, batch: &[UsageRecord]) -> sqlx::Result<()> {
-        // 15 values a row; SQLite allows 32,766 bound values per statement.
+        // 16 values a row; SQLite allows 32,766 bound values per statement.
         const ROWS_PER_STATEMENT: usize = 1000;
         let mut tx = self.pool.begin().await?;
         for rows in batch.chunks(ROWS_PER_STATEMENT) {
             let mut q = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO usage_records (ts_ms, request_id, key_id, api, model, stream, status,
                    outcome, input_tokens, output_tokens, cached_tokens, reasoning_tokens,
-                   estimated, latency_ms, ttfb_ms) ",
+                   estimated, latency_ms, ttfb_ms, upstream) ",
             );
             q.push_values(rows, |mut b, r| {
                 b.push_bind(r.ts_ms)
@@ -191,7 +199,8 @@ impl Store {
                     .push_bind(r.usage.reasoning_tokens as i64)
                     .push_bind(r.estimated)
                     .push_bind(r.latency_ms as i64)
-                    .push_bind(r.ttfb_ms.map(|v| v as i64));
+                    .push_bind(r.ttfb_ms.map(|v| v as i64))
+                    .push_bind(r.account.as_deref());
             });
             q.build().execute(&mut *tx).await?;
         }
@@ -231,7 +240,7 @@ impl Store {
     pub async fn usage_rows(&self) -> sqlx::Result<Vec<serde_json::Value>> {
         let rows = sqlx::query(
             "SELECT request_id, key_id, api, model, stream, status, outcome, input_tokens,
-                    output_tokens, cached_tokens, reasoning_tokens, estimated
+                    output_tokens, cached_tokens, reasoning_tokens, estimated, upstream
              FROM usage_records ORDER BY id",
         )
         .fetch_all(&self.pool)
@@ -251,9 +260,54 @@ impl Store {
                     "cached_tokens": r.try_get::<i64, _>(9)?,
                     "reasoning_tokens": r.try_get::<i64, _>(10)?,
                     "estimated": r.try_get::<bool, _>(11)?,
+                    "upstream": r.try_get::<Option<String>, _>(12)?,
                 }))
             })
             .collect()
+    }
+
+    /// Learned upstream concurrency limits: `(account, model) → limit`.
+    pub async fn load_limits(&self) -> sqlx::Result<HashMap<(String, String), f64>> {
+        let rows = sqlx::query("SELECT account, model, limit_value FROM upstream_limits")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok(((r.try_get(0)?, r.try_get(1)?), r.try_get(2)?)))
+            .collect()
+    }
+
+    /// Saves (or, with `None`, forgets) a learned limit.
+    pub async fn save_limit(
+        &self,
+        account: &str,
+        model: &str,
+        limit: Option<f64>,
+        now_ms: i64,
+    ) -> sqlx::Result<()> {
+        match limit {
+            Some(l) => {
+                sqlx::query(
+                    "INSERT INTO upstream_limits (account, model, limit_value, updated_ms)
+                     VALUES (?, ?, ?, ?)
+                     ON CONFLICT (account, model) DO UPDATE
+                     SET limit_value = excluded.limit_value, updated_ms = excluded.updated_ms",
+                )
+                .bind(account)
+                .bind(model)
+                .bind(l)
+                .bind(now_ms)
+                .execute(&self.pool)
+                .await?;
+            }
+            None => {
+                sqlx::query("DELETE FROM upstream_limits WHERE account = ? AND model = ?")
+                    .bind(account)
+                    .bind(model)
+                    .execute(&self.pool)
+                    .await?;
+            }
+        }
+        Ok(())
     }
 
     pub async fn close(&self) {

@@ -32,6 +32,8 @@ pub struct Opts {
     pub upstream_override: Option<String>,
     pub keys: Vec<String>,
     pub shutdown_grace_secs: u64,
+    /// Last changes to the config before it is validated.
+    pub tweak: fn(&mut RawConfig),
 }
 
 impl Default for Opts {
@@ -44,6 +46,7 @@ impl Default for Opts {
             upstream_override: None,
             keys: vec![UPSTREAM_KEY.into()],
             shutdown_grace_secs: 10,
+            tweak: |_| {},
         }
     }
 }
@@ -66,6 +69,7 @@ pub fn raw_config(mock: SocketAddr, dir: &TempDir, o: &Opts) -> RawConfig {
     raw.upstream.first_byte_timeout_secs = o.first_byte_timeout_secs;
     raw.upstream.idle_timeout_secs = o.idle_timeout_secs;
     raw.accounting.flush_interval_ms = 50;
+    (o.tweak)(&mut raw);
     raw
 }
 

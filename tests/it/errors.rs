@@ -218,6 +218,16 @@ async fn slow_upstream_is_504() {
 #[tokio::test]
 async fn upstream_error_statuses_and_bodies_are_passed_on() {
     let env = start(Opts::default()).await;
+    // A client error is returned at once, not retried.
+    let mut body = openai_body(false);
+    body["model"] = "gpt-nope".into();
+    let resp = env.openai(&body).await;
+    assert_eq!(resp.status(), 400);
+    let json: Value = resp.json().await.expect("json");
+    assert_eq!(json["error"]["code"], "1211");
+    assert_eq!(env.mock_stats().await["requests"], 1, "not retried");
+
+    // Retryable failures with no other account to go to: the last answer is passed on.
     let body = with_fault(openai_body(false), "429-1302");
     let resp = env.openai(&body).await;
     assert_eq!(resp.status(), 429);
@@ -244,33 +254,59 @@ async fn upstream_error_statuses_and_bodies_are_passed_on() {
         .expect("m")
         .contains("reset at"));
 
-    let mut body = openai_body(false);
-    body["model"] = "gpt-nope".into();
-    let resp = env.openai(&body).await;
-    assert_eq!(resp.status(), 400);
+    // The only account is now benched until its reset: the gateway says when, itself.
+    let before = env.mock_stats().await["requests"].clone();
+    let resp = env.openai(&openai_body(false)).await;
+    assert_eq!(resp.status(), 429);
+    let retry_after: u64 = resp.headers()["retry-after"]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("seconds");
+    assert!((3000..=3600).contains(&retry_after), "{retry_after}");
     let json: Value = resp.json().await.expect("json");
-    assert_eq!(json["error"]["code"], "1211");
+    assert_eq!(json["error"]["code"], "upstream_quota_exhausted");
+    assert!(json["error"]["message"]
+        .as_str()
+        .expect("m")
+        .contains("until"));
+    assert_eq!(
+        env.mock_stats().await["requests"],
+        before,
+        "not sent upstream"
+    );
 
-    let rows = env.usage_rows(4).await;
-    assert!(rows.iter().all(|r| r["outcome"] == "upstream_error"));
+    let rows = env.usage_rows(5).await;
+    assert!(rows[..4].iter().all(|r| r["outcome"] == "upstream_error"));
+    assert_eq!(rows[4]["outcome"], "upstream_failed");
+    assert_eq!(rows[4]["status"], 429);
 }
 
 #[tokio::test]
-async fn per_key_fault_injection_reaches_the_mock() {
+async fn a_rejected_upstream_key_is_a_503_not_the_clients_401() {
     let env = start(Opts {
         keys: vec!["fault-401".into()],
         ..Opts::default()
     })
     .await;
     let resp = env.openai(&openai_body(false)).await;
-    assert_eq!(resp.status(), 401);
+    assert_eq!(resp.status(), 503);
+    assert!(resp.headers().contains_key("retry-after"));
     let json: Value = resp.json().await.expect("json");
-    assert_eq!(json["error"]["code"], "1002");
+    assert_eq!(json["error"]["code"], "no_working_upstream_key");
+    assert!(!json.to_string().contains("fault-401"), "{json}");
+    let ready = env.http.get(env.url("/ready")).send().await.expect("ready");
+    assert_eq!(ready.status(), 503, "no usable key left");
 }
 
 #[tokio::test]
 async fn empty_or_garbage_200_is_a_clean_502() {
-    let env = start(Opts::default()).await;
+    // Every attempt fails here; keep the key's circuit closed to see each answer.
+    let env = start(Opts {
+        tweak: |raw| raw.upstream.breaker.failures = 100,
+        ..Opts::default()
+    })
+    .await;
     for fault in ["empty-200", "garbage-200"] {
         let body = with_fault(openai_body(false), fault);
         let json = expect_openai_error(env.openai(&body).await, 502).await;
@@ -281,4 +317,6 @@ async fn empty_or_garbage_200_is_a_clean_502() {
         let body = with_fault(anthropic_body(false), fault);
         expect_anthropic_error(env.anthropic(&body).await, 502, "api_error").await;
     }
+    // Each was tried `retry.max_attempts` (4) times before the client was answered.
+    assert_eq!(env.mock_stats().await["requests"], 16);
 }

@@ -1,0 +1,507 @@
+//! Sending a request upstream: admission into an account's limits (waiting in a bounded
+//! queue when all are full), the attempt itself, and retries on another account or key
+//! while nothing has reached the client yet.
+//!
+//! An attempt counts as started only once the first body bytes are in hand, so an empty,
+//! garbage or error-in-200 answer is retried like any other failure. Connections are
+//! pooled and kept alive (HTTP/2 where offered, TLS by rustls).
+
+pub mod aimd;
+pub mod classify;
+pub mod pool;
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use bytes::{Bytes, BytesMut};
+use futures_util::stream::{BoxStream, StreamExt};
+use http_body_util::BodyExt;
+use tokio::sync::mpsc;
+
+use crate::config::{AnthropicAuth, Policy, UpstreamSettings};
+use crate::error::{ApiError, Dialect};
+use classify::{Class, Failure};
+use pool::{LimitUpdate, Permit, Pool, Select, Target, Waiters};
+
+/// Client request headers forwarded to an Anthropic-format upstream, unchanged.
+const ANTHROPIC_FORWARDED: &[&str] = &["anthropic-version", "anthropic-beta"];
+const DEFAULT_ANTHROPIC_VERSION: &str = "2023-06-01";
+/// Error bodies are read whole (to classify them) up to this size.
+const ERROR_BODY_LIMIT: usize = 1 << 20;
+
+pub type BodyStream = BoxStream<'static, Result<Bytes, reqwest::Error>>;
+
+/// An upstream answer whose head and first bytes have arrived: what is streamed back.
+pub struct Opened {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub is_sse: bool,
+    pub first: Option<Bytes>,
+    /// The rest of the body; `None` when `first` is all of it.
+    pub rest: Option<BodyStream>,
+    /// The slot this request holds upstream, released when the response ends.
+    pub permit: Option<Permit>,
+    /// `provider/account` that answered.
+    pub account: Option<Arc<str>>,
+    pub attempts: u32,
+}
+
+/// Why an attempt failed, what the client would get if it is the last one.
+struct Failed {
+    failure: Failure,
+    /// The upstream's own answer, to pass on when it is final.
+    answer: Option<Opened>,
+    /// The gateway's error, when there is no upstream answer to pass on.
+    error: ApiError,
+}
+
+pub struct Upstream {
+    client: reqwest::Client,
+    pool: ArcSwap<Pool>,
+    waiters: Arc<Waiters>,
+    limits_tx: mpsc::UnboundedSender<LimitUpdate>,
+}
+
+/// Decrements the queue count when a waiting request leaves the queue.
+struct Queued<'a>(&'a Waiters);
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.count.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Upstream {
+    /// `restored`: learned limits from the store; `limits_tx`: where new ones are sent.
+    pub fn new(
+        s: &UpstreamSettings,
+        restored: &HashMap<(String, String), f64>,
+        limits_tx: mpsc::UnboundedSender<LimitUpdate>,
+    ) -> anyhow::Result<Upstream> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(s.policy.connect_timeout)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(1024)
+            .tcp_nodelay(true)
+            .user_agent(concat!("glmgate/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        let pool = Pool::build(s, None, restored, Some(limits_tx.clone()));
+        Ok(Upstream {
+            client,
+            pool: ArcSwap::from_pointee(pool),
+            waiters: Arc::new(Waiters::default()),
+            limits_tx,
+        })
+    }
+
+    /// The current pool (for listings and checks).
+    pub fn pool(&self) -> Arc<Pool> {
+        self.pool.load_full()
+    }
+
+    /// Swaps in new providers, accounts, keys and policy. Live state (in-flight counts,
+    /// learned limits, benches) of accounts that stay is kept; requests in flight finish on
+    /// what they started with. The connect timeout keeps its value until a restart.
+    pub fn reload(&self, s: &UpstreamSettings) -> String {
+        let old = self.pool.load_full();
+        let pool = Pool::build(s, Some(&old), &HashMap::new(), Some(self.limits_tx.clone()));
+        let summary = format!(
+            "{} provider(s), {} key(s)",
+            s.providers.len(),
+            pool.key_count()
+        );
+        self.pool.store(Arc::new(pool));
+        self.waiters.notify.notify_waiters();
+        summary
+    }
+
+    /// Sends `body` for `model`, retrying on other accounts or keys as the failure class
+    /// allows, until an answer's first bytes are in hand.
+    pub async fn send(
+        &self,
+        dialect: Dialect,
+        model: &str,
+        client_headers: &HeaderMap,
+        body: Bytes,
+    ) -> Result<Opened, ApiError> {
+        let started = Instant::now();
+        let mut avoid: Vec<Arc<str>> = Vec::new();
+        // What the client gets if no further attempt can be made.
+        let mut last: Option<Result<Opened, ApiError>> = None;
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let budget_end = started + self.pool.load().policy.retry_budget;
+            let (mut permit, target, pool) = match self
+                .admit(dialect, model, &avoid, attempt, budget_end)
+                .await
+            {
+                Ok(x) => x,
+                // After a failed attempt, its answer says more than "no room left".
+                Err(e) => return last.unwrap_or(Err(e)),
+            };
+            let t0 = Instant::now();
+            let result = self
+                .attempt(&pool, &target, dialect, client_headers, body.clone())
+                .await;
+            match result {
+                Ok(mut opened) => {
+                    permit.succeeded(t0.elapsed());
+                    opened.permit = Some(permit);
+                    opened.account = Some(target.account);
+                    opened.attempts = attempt;
+                    return Ok(opened);
+                }
+                Err(Failed {
+                    failure,
+                    answer,
+                    error,
+                }) => {
+                    permit.failed(&failure, &pool, &target.account);
+                    drop(permit);
+                    let p = &pool.policy;
+                    tracing::warn!(
+                        account = %target.account,
+                        key = %target.key.label,
+                        attempt,
+                        failure = %failure.describe(),
+                        "upstream attempt failed"
+                    );
+                    let now = Instant::now();
+                    let timed_out = matches!(error, ApiError::UpstreamTimeout(_));
+                    if !failure.class.retryable()
+                        || timed_out
+                        || attempt >= p.max_attempts
+                        || now >= budget_end
+                    {
+                        return answer.map(Ok).unwrap_or(Err(error));
+                    }
+                    avoid.push(target.key.label.clone());
+                    // A rejected upstream key is the gateway's problem, not the client's:
+                    // never pass that 401 on.
+                    last = match failure.class {
+                        Class::Key => None,
+                        _ => Some(answer.ok_or(error)),
+                    };
+                    let pause = backoff(failure.class, attempt, p)
+                        .min(budget_end.saturating_duration_since(now));
+                    if !pause.is_zero() {
+                        tokio::time::sleep(pause).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits (in a bounded queue, up to a deadline) for an account and key with room.
+    async fn admit(
+        &self,
+        dialect: Dialect,
+        model: &str,
+        avoid: &[Arc<str>],
+        attempt: u32,
+        budget_end: Instant,
+    ) -> Result<(Permit, Target, Arc<Pool>), ApiError> {
+        let mut queued: Option<Queued<'_>> = None;
+        let mut deadline: Option<Instant> = None;
+        loop {
+            let notified = self.waiters.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let pool = self.pool.load_full();
+            let until = match pool.select(dialect, model, avoid, &self.waiters) {
+                Select::Ready(permit, target) => return Ok((permit, target, pool)),
+                Select::Refuse(e) => return Err(e),
+                Select::Wait(until) => until,
+            };
+            let p = &pool.policy;
+            let now = Instant::now();
+            if queued.is_none() {
+                if self.waiters.count.fetch_add(1, Ordering::Relaxed) >= p.queue_max_waiting {
+                    self.waiters.count.fetch_sub(1, Ordering::Relaxed);
+                    return Err(ApiError::Saturated {
+                        message: format!(
+                            "all upstream accounts are at their concurrency limit and {} \
+                             requests are already waiting",
+                            p.queue_max_waiting
+                        ),
+                        retry_after_secs: 1,
+                    });
+                }
+                queued = Some(Queued(&self.waiters));
+                let mut d = now + p.queue_timeout;
+                if attempt > 1 {
+                    d = d.min(budget_end);
+                }
+                deadline = Some(d);
+                // Look again now that releases will wake us (none can be missed from here).
+                continue;
+            }
+            let deadline = deadline.unwrap_or(now);
+            if now >= deadline {
+                let retry_after_secs = until
+                    .map(|u| u.saturating_duration_since(now).as_secs())
+                    .unwrap_or(1)
+                    .max(1);
+                return Err(ApiError::Saturated {
+                    message: format!(
+                        "no upstream capacity for `{model}`: every account is at its \
+                         concurrency limit or cooling down (waited {} s)",
+                        p.queue_timeout.as_secs()
+                    ),
+                    retry_after_secs,
+                });
+            }
+            let wake = until.map_or(deadline, |u| u.min(deadline));
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep_until(wake.into()) => {}
+            }
+        }
+    }
+
+    /// One attempt: the request, the response head, and the first body bytes (or the whole
+    /// body of an error answer, to classify it).
+    async fn attempt(
+        &self,
+        pool: &Pool,
+        target: &Target,
+        dialect: Dialect,
+        client_headers: &HeaderMap,
+        body: Bytes,
+    ) -> Result<Opened, Failed> {
+        let p = &pool.policy;
+        let deadline = tokio::time::Instant::now() + p.first_byte_timeout;
+        let timeout = || Failed {
+            failure: Failure::transport(),
+            answer: None,
+            error: ApiError::UpstreamTimeout(p.first_byte_timeout.as_secs()),
+        };
+        let invalid = |why: &str| Failed {
+            failure: Failure::transport(),
+            answer: None,
+            error: ApiError::UpstreamInvalid(why.to_string()),
+        };
+        let Some(url) = target.provider.endpoint(dialect) else {
+            return Err(Failed {
+                failure: Failure::transport(),
+                answer: None,
+                error: ApiError::NoUpstream(format!(
+                    "no upstream speaks the {} API",
+                    dialect.as_str()
+                )),
+            });
+        };
+        let req = self.build(url, target, dialect, client_headers, body);
+        let resp = match tokio::time::timeout_at(deadline, req.send()).await {
+            Err(_) => return Err(timeout()),
+            Ok(Err(e)) if e.is_timeout() => return Err(timeout()),
+            Ok(Err(e)) => {
+                return Err(Failed {
+                    failure: Failure::transport(),
+                    answer: None,
+                    error: ApiError::UpstreamUnreachable(describe(&e)),
+                })
+            }
+            Ok(Ok(r)) => r,
+        };
+        let (parts, body) = axum::http::Response::from(resp).into_parts();
+        let (status, headers) = (parts.status, parts.headers);
+        let mut stream: BodyStream = body.into_data_stream().boxed();
+        if !status.is_success() {
+            let mut buf = BytesMut::new();
+            loop {
+                match tokio::time::timeout_at(deadline, stream.next()).await {
+                    Err(_) => return Err(timeout()),
+                    Ok(None) => break,
+                    Ok(Some(Err(_))) => break,
+                    Ok(Some(Ok(chunk))) => {
+                        buf.extend_from_slice(&chunk);
+                        if buf.len() > ERROR_BODY_LIMIT {
+                            break;
+                        }
+                    }
+                }
+            }
+            let body = buf.freeze();
+            let failure = pool.classifier.classify(status, &headers, &body);
+            return Err(Failed {
+                failure,
+                answer: Some(buffered(status, headers, body)),
+                error: ApiError::UpstreamInvalid(format!("HTTP {status}")),
+            });
+        }
+        let is_sse = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        let first = match tokio::time::timeout_at(deadline, stream.next()).await {
+            Err(_) => return Err(timeout()),
+            Ok(Some(Err(_))) => {
+                return Err(invalid(
+                    "the connection closed before a response body arrived",
+                ))
+            }
+            Ok(None) => return Err(invalid("empty response body")),
+            Ok(Some(Ok(chunk))) => chunk,
+        };
+        if !plausible_start(&first, is_sse) {
+            return Err(invalid(if is_sse {
+                "expected an event stream, got something else"
+            } else {
+                "expected a JSON body, got something else"
+            }));
+        }
+        if let Some(failure) = pool.classifier.error_in_success(&first, is_sse) {
+            let answer = (!is_sse).then(|| {
+                let status = match failure.class {
+                    Class::Client => StatusCode::BAD_REQUEST,
+                    c => c.client_status(),
+                };
+                buffered(status, headers, first)
+            });
+            return Err(Failed {
+                error: ApiError::UpstreamInvalid(format!(
+                    "an error inside a 200 answer: {}",
+                    failure.describe()
+                )),
+                failure,
+                answer,
+            });
+        }
+        Ok(Opened {
+            status,
+            headers,
+            is_sse,
+            first: Some(first),
+            rest: Some(stream),
+            permit: None,
+            account: None,
+            attempts: 0,
+        })
+    }
+
+    fn build(
+        &self,
+        url: &reqwest::Url,
+        target: &Target,
+        dialect: Dialect,
+        client_headers: &HeaderMap,
+        body: Bytes,
+    ) -> reqwest::RequestBuilder {
+        let key = target.key.secret.expose();
+        let mut req = self
+            .client
+            .post(url.clone())
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(body);
+        if let Some(accept) = client_headers.get(header::ACCEPT) {
+            req = req.header(header::ACCEPT, accept);
+        }
+        match dialect {
+            Dialect::OpenAi => req.bearer_auth(key),
+            Dialect::Anthropic => {
+                for name in ANTHROPIC_FORWARDED {
+                    if let Some(v) = client_headers.get(*name) {
+                        req = req.header(*name, v);
+                    }
+                }
+                if !client_headers.contains_key("anthropic-version") {
+                    req = req.header(
+                        "anthropic-version",
+                        HeaderValue::from_static(DEFAULT_ANTHROPIC_VERSION),
+                    );
+                }
+                match target.provider.anthropic_auth {
+                    AnthropicAuth::Bearer => req.bearer_auth(key),
+                    AnthropicAuth::XApiKey => req.header("x-api-key", key),
+                }
+            }
+        }
+    }
+}
+
+/// A fully read answer, framed by its length.
+fn buffered(status: StatusCode, mut headers: HeaderMap, body: Bytes) -> Opened {
+    headers.remove(header::TRANSFER_ENCODING);
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    Opened {
+        status,
+        headers,
+        is_sse: false,
+        first: (!body.is_empty()).then_some(body),
+        rest: None,
+        permit: None,
+        account: None,
+        attempts: 0,
+    }
+}
+
+/// How long to wait before the next attempt after a failure of `class`.
+fn backoff(class: Class, attempt: u32, p: &Policy) -> Duration {
+    match class {
+        // Another account or key is tried at once; the failing one is benched or disabled.
+        Class::Quota | Class::Plan | Class::Key | Class::Client => Duration::ZERO,
+        // The lowered limit does the pacing; a short jitter spreads a burst.
+        Class::Concurrency => Duration::from_millis(20 + rand::random::<u64>() % 80),
+        // Full jitter on an exponential backoff.
+        Class::Overload | Class::Server => {
+            let cap = p
+                .backoff_base
+                .saturating_mul(1 << attempt.saturating_sub(1).min(16))
+                .min(p.backoff_max);
+            cap.mul_f64(rand::random::<f64>())
+        }
+    }
+}
+
+/// Does the first chunk of a 2xx body look like what its content type promises?
+fn plausible_start(chunk: &[u8], is_sse: bool) -> bool {
+    let Some(&b) = chunk.iter().find(|b| !b.is_ascii_whitespace()) else {
+        return true; // whitespace only: let the meter judge the rest
+    };
+    if is_sse {
+        // data:, event:, id:, retry:, or a `:` comment
+        matches!(b, b'd' | b'e' | b'i' | b'r' | b':')
+    } else {
+        matches!(b, b'{' | b'[')
+    }
+}
+
+/// A client-safe description of a transport error: its kind and host, never a key.
+fn describe(e: &reqwest::Error) -> String {
+    let host = e
+        .url()
+        .and_then(|u| {
+            u.host_str()
+                .map(|h| format!("{h}:{}", u.port_or_known_default().unwrap_or(0)))
+        })
+        .unwrap_or_else(|| "upstream".into());
+    let kind = if e.is_connect() {
+        "could not connect to"
+    } else if e.is_request() {
+        "request failed to"
+    } else {
+        "error talking to"
+    };
+    format!("{kind} {host}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plausible_start;
+
+    #[test]
+    fn first_bytes_are_checked_for_shape() {
+        assert!(plausible_start(b"data: {}", true));
+        assert!(plausible_start(b"event: message_start", true));
+        assert!(plausible_start(b"  {\"id\":1}", false));
+        assert!(!plausible_start(b"<html>", false));
+        assert!(!plausible_start(b"{\"x\":1}", true));
+        assert!(plausible_start(b"   ", false));
+    }
+}
