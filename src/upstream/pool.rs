@@ -1129,7 +1129,7 @@ mod tests {
         let good = key_label("p/b", &Secret::new("k2"));
         for _ in 0..pool.policy.breaker_failures {
             let Select::Ready(mut p, t) =
-                pool.select(Dialect::OpenAi, "glm-4.7", &[good.clone()], &w)
+                pool.select(Dialect::OpenAi, "glm-4.7", std::slice::from_ref(&good), &w)
             else {
                 panic!("a key is free");
             };
