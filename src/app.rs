@@ -145,6 +145,17 @@ pub async fn serve(
         }
     }
     recorder.shutdown().await;
+    // Learned limits are also saved as they change; this makes a clean stop certain.
+    let now = chrono::Utc::now().timestamp_millis();
+    for (account, model, limit) in state.upstream.pool().learned_limits() {
+        if let Err(e) = state
+            .store
+            .save_limit(&account, &model, Some(limit), now)
+            .await
+        {
+            tracing::warn!(error = %e, %account, "cannot save a learned limit");
+        }
+    }
     state.store.close().await;
     tracing::info!("stopped");
     Ok(())

@@ -3,6 +3,8 @@
 //! | item | effect |
 //! |---|---|
 //! | `STATUS[-CODE]` (e.g. `429-1302`, `401`, `500`, `529`, `400-1211`) | error response with Z.AI's body and business code |
+//! | `STATUS[-CODE]@MODEL` (e.g. `429-1113@glm-5`) | the same, only for requests for that model |
+//! | `concurrency=N` | at most N requests in flight per upstream key; more get 429 with code 1302 |
 //! | `slow-first-byte[=MS]` | wait before answering (default 2000 ms) |
 //! | `slow-chunks[=MS]` | wait between stream chunks (default 200 ms) |
 //! | `drop-mid-stream[=N]` | close the connection after N chunks (default: half of them) |
@@ -19,6 +21,10 @@ use std::time::Duration;
 pub struct Faults {
     /// `(HTTP status, Z.AI business code)`.
     pub error: Option<(u16, String)>,
+    /// Only requests for this model get `error`.
+    pub error_model: Option<String>,
+    /// Most requests in flight per upstream key.
+    pub concurrency: Option<usize>,
     pub first_byte_delay: Option<Duration>,
     pub chunk_delay: Option<Duration>,
     /// `Some(None)`: drop at the midpoint; `Some(Some(n))`: after n chunks.
@@ -73,8 +79,19 @@ impl Faults {
                     self.drop_after.get_or_insert(n);
                 }
                 "empty-200" => self.empty_200 = true,
+                "concurrency" => {
+                    let n = value
+                        .and_then(|v| v.parse::<usize>().ok())
+                        .filter(|n| *n > 0)
+                        .ok_or_else(|| format!("`{item}`: concurrency needs a count above 0"))?;
+                    self.concurrency.get_or_insert(n);
+                }
                 "garbage-200" => self.garbage_200 = true,
                 other => {
+                    let (other, model) = match other.split_once('@') {
+                        Some((e, m)) => (e, Some(m.to_string())),
+                        None => (other, None),
+                    };
                     let (status, code) = match other.split_once('-') {
                         Some((s, c)) => (s, Some(c)),
                         None => (other, None),
@@ -85,7 +102,10 @@ impl Faults {
                         .filter(|s| (400..600).contains(s))
                         .ok_or_else(|| format!("unknown fault `{item}`"))?;
                     let code = code.unwrap_or_else(|| default_code(status)).to_string();
-                    self.error.get_or_insert((status, code));
+                    if self.error.is_none() {
+                        self.error = Some((status, code));
+                        self.error_model = model;
+                    }
                 }
             }
         }
@@ -132,6 +152,12 @@ mod tests {
         g.add("401").expect("valid");
         assert_eq!(g.error, Some((401, "1002".into())));
         assert!(Faults::default().add("explode").is_err());
+        let mut h = Faults::default();
+        h.add("429-1113@glm-5,concurrency=2").expect("valid");
+        assert_eq!(h.error, Some((429, "1113".into())));
+        assert_eq!(h.error_model.as_deref(), Some("glm-5"));
+        assert_eq!(h.concurrency, Some(2));
+        assert!(Faults::default().add("concurrency=0").is_err());
         assert!(Faults::default().add("slow-chunks=abc").is_err());
     }
 }

@@ -15,6 +15,7 @@ pub mod faults;
 pub mod plan;
 pub mod render;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -77,12 +78,46 @@ struct Last {
 struct Mock {
     options: MockOptions,
     stats: Stats,
+    /// Requests in flight per upstream key (for the `concurrency=N` fault).
+    per_key: Mutex<HashMap<String, usize>>,
+}
+
+/// A request's place in its key's in-flight count; given back when dropped.
+struct KeySlot {
+    mock: Arc<Mock>,
+    key: String,
+}
+
+impl KeySlot {
+    /// Takes a slot if fewer than `limit` requests are in flight on `key`.
+    fn take(mock: &Arc<Mock>, key: &str, limit: usize) -> Option<KeySlot> {
+        let mut map = mock.per_key.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(key.to_string()).or_insert(0);
+        if *n >= limit {
+            return None;
+        }
+        *n += 1;
+        Some(KeySlot {
+            mock: mock.clone(),
+            key: key.to_string(),
+        })
+    }
+}
+
+impl Drop for KeySlot {
+    fn drop(&mut self) {
+        let mut map = self.mock.per_key.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+        }
+    }
 }
 
 pub fn router(options: MockOptions) -> axum::Router {
     let mock = Arc::new(Mock {
         options,
         stats: Stats::default(),
+        per_key: Mutex::default(),
     });
     let openai =
         post(|s: State<Arc<Mock>>, h: HeaderMap, b: Bytes| respond(s, Dialect::OpenAi, h, b));
@@ -208,16 +243,25 @@ async fn respond(
             );
         }
     }
+    let slot = match faults.concurrency {
+        Some(limit) => match KeySlot::take(&m, &key, limit) {
+            Some(slot) => Some(slot),
+            None => return error_response(dialect, 429, "1302", &id),
+        },
+        None => None,
+    };
     let delay = faults
         .first_byte_delay
         .unwrap_or(m.options.first_byte_delay);
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
-    if let Some((status, code)) = &faults.error {
-        return error_response(dialect, *status, code, &id);
-    }
     let model = req["model"].as_str().unwrap_or_default();
+    if let Some((status, code)) = &faults.error {
+        if faults.error_model.as_deref().is_none_or(|m| m == model) {
+            return error_response(dialect, *status, code, &id);
+        }
+    }
     if !(model.starts_with("glm-") || model.starts_with("claude-")) {
         return error_response(dialect, 400, "1211", &id);
     }
@@ -264,6 +308,7 @@ async fn respond(
         events,
         chunk_delay,
         drop_at,
+        slot,
     )));
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -278,6 +323,7 @@ async fn respond(
 struct StreamGuard {
     mock: Arc<Mock>,
     done: bool,
+    _slot: Option<KeySlot>,
 }
 
 impl Drop for StreamGuard {
@@ -297,9 +343,14 @@ fn event_stream(
     events: Vec<Bytes>,
     delay: Duration,
     drop_at: Option<usize>,
+    slot: Option<KeySlot>,
 ) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
     mock.stats.in_flight.fetch_add(1, Ordering::Relaxed);
-    let guard = StreamGuard { mock, done: false };
+    let guard = StreamGuard {
+        mock,
+        done: false,
+        _slot: slot,
+    };
     futures_util::stream::unfold(
         (events.into_iter().enumerate(), guard),
         move |(mut it, mut guard)| async move {

@@ -1,13 +1,15 @@
 //! Adaptive concurrency per account and model: additive increase, multiplicative decrease.
 //!
 //! Until the upstream first says "too many in flight" (1302) there is no learned limit.
-//! A 1302 sets the limit below the number that was in flight; after each clean interval in
-//! which the limit was actually reached, it grows by one; past `max` it is forgotten again.
+//! A 1302 sets the limit to a fraction of what was in flight when it came (never raising
+//! it); after each clean interval in which the limit was actually reached, it grows by one;
+//! past `max` it is forgotten again.
+//!
+//! Taking the minimum over observations, not multiplying the limit each time, means a burst
+//! of refusals does not compound: as refused requests leave, later refusals see fewer in
+//! flight, and the limit settles near what the upstream really allows.
 
 use std::time::{Duration, Instant};
-
-/// Decreases closer together than this count as one (a burst of 1302s reports one event).
-const DECREASE_HOLD: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Debug)]
 pub struct Aimd {
@@ -68,12 +70,11 @@ impl Aimd {
     /// The upstream refused for concurrency with `in_flight` requests running (this one
     /// included).
     pub fn decrease(&mut self, in_flight: u32, factor: f64, now: Instant) -> Change {
-        if self.limit.is_some() && now.duration_since(self.changed) < DECREASE_HOLD {
+        let observed = (f64::from(in_flight.max(1)) * factor).floor().max(1.0);
+        let next = self.limit.map_or(observed, |l| l.min(observed));
+        if self.limit == Some(next) {
             return Change::None;
         }
-        let observed = f64::from(in_flight.max(1));
-        let base = self.limit.map_or(observed, |l| l.min(observed));
-        let next = (base * factor).floor().max(1.0);
         self.limit = Some(next);
         self.changed = now;
         self.saturated = false;
@@ -109,13 +110,12 @@ mod tests {
         let t0 = Instant::now();
         let mut a = Aimd::new(t0);
         assert!(a.admits(100), "no limit before the first 1302");
+        // A burst: 12 in flight; refusals arrive as the refused ones leave.
+        assert_eq!(a.decrease(12, 0.7, t0), Change::Set(8.0));
+        assert_eq!(a.decrease(11, 0.7, t0), Change::Set(7.0));
+        assert_eq!(a.decrease(12, 0.7, t0), Change::None, "never raised");
         assert_eq!(a.decrease(4, 0.7, t0), Change::Set(2.0));
         assert_eq!(a.limit(), Some(2));
-        assert_eq!(
-            a.decrease(2, 0.7, t0 + Duration::from_millis(10)),
-            Change::None,
-            "one burst, one decrease"
-        );
         assert!(a.admits(1));
         assert!(!a.admits(2));
         let iv = Duration::from_secs(30);
@@ -138,9 +138,10 @@ mod tests {
         );
         assert_eq!(
             a.decrease(1, 0.5, t0 + Duration::from_secs(90)),
-            Change::Set(1.0),
+            Change::None,
             "never below one"
         );
+        assert_eq!(a.limit(), Some(1));
     }
 
     #[test]

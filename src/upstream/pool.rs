@@ -716,6 +716,20 @@ impl Pool {
         }
     }
 
+    /// Every learned limit, to store on shutdown: `(account, model, limit)`.
+    pub fn learned_limits(&self) -> Vec<(Arc<str>, String, f64)> {
+        let mut out = Vec::new();
+        for a in &self.accounts {
+            let rt = a.state.lock();
+            for (model, m) in &rt.models {
+                if let Some(l) = m.aimd.limit() {
+                    out.push((a.id.clone(), model.clone(), f64::from(l)));
+                }
+            }
+        }
+        out
+    }
+
     /// `GET /admin/upstreams`: every provider, account and key (labels only), with state.
     pub fn snapshot(&self) -> Value {
         let now = Instant::now();

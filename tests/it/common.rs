@@ -73,10 +73,49 @@ pub fn raw_config(mock: SocketAddr, dir: &TempDir, o: &Opts) -> RawConfig {
     raw
 }
 
+pub const ADMIN_TOKEN: &str = "admin-token-for-tests";
+
 pub async fn start(o: Opts) -> Env {
     let mock = mock::spawn(o.mock.clone()).await.expect("mock starts");
     let dir = tempfile::tempdir().expect("tempdir");
     let settings = config::validate(raw_config(mock, &dir, &o), None).expect("valid config");
+    start_with(mock, dir, settings).await
+}
+
+/// The config file of a gateway in front of the mock at `mock`: the shared parts (listen,
+/// store, admin token, fast flushes) followed by `rest` (providers and accounts).
+pub fn config_text(mock: SocketAddr, dir: &TempDir, rest: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+[store]
+path = "{db}"
+[admin]
+token = "{ADMIN_TOKEN}"
+[accounting]
+flush_interval_ms = 50
+[upstream]
+watch_config = false
+{rest}
+"#,
+        db = dir.path().join("glmgate.db").display(),
+    )
+    .replace("MOCK", &format!("http://{mock}"))
+}
+
+/// Starts a gateway from a config file (written into the test's directory) whose text is
+/// `config_text(.., rest)`; `MOCK` in `rest` stands for the mock's base URL.
+pub async fn start_file(mock_options: MockOptions, rest: &str) -> (Env, std::path::PathBuf) {
+    let mock = mock::spawn(mock_options).await.expect("mock starts");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("glmgate.toml");
+    std::fs::write(&path, config_text(mock, &dir, rest)).expect("write config");
+    let settings = config::load(Some(&path)).expect("valid config");
+    (start_with(mock, dir, settings).await, path)
+}
+
+async fn start_with(mock: SocketAddr, dir: TempDir, settings: config::Settings) -> Env {
     let store = Store::open(&settings.store_path).await.expect("store");
     let (_, key) = glmgate::auth::create_key(&store, "test", None)
         .await
@@ -158,6 +197,31 @@ impl Env {
             .json()
             .await
             .expect("json")
+    }
+
+    /// `GET /admin/...` with the admin token.
+    pub async fn admin(&self, path: &str) -> Value {
+        let resp = self
+            .http
+            .get(self.url(path))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(resp.status(), 200, "{path}");
+        resp.json().await.expect("json")
+    }
+
+    /// One account of `GET /admin/upstreams`, by `provider/account` id.
+    pub async fn account(&self, id: &str) -> Value {
+        let snap = self.admin("/admin/upstreams").await;
+        snap["providers"]
+            .as_array()
+            .expect("providers")
+            .iter()
+            .flat_map(|p| p["accounts"].as_array().cloned().unwrap_or_default())
+            .find(|a| a["account"] == id)
+            .unwrap_or_else(|| panic!("no account {id} in {snap}"))
     }
 
     /// Polls the store until `n` usage rows exist (bounded), then returns them.

@@ -5,4 +5,5 @@ mod common;
 mod errors;
 mod lifecycle;
 mod passthrough;
+mod pools;
 mod streaming;

@@ -1,0 +1,309 @@
+//! Upstream accounts and keys: failover per failure class, adaptive limits, benches, the
+//! admin view, hot reload and restarts. Faults are chosen per upstream key
+//! (`fault-<SPEC>` keys, see docs/mock.md), so each account behaves as the test needs.
+
+use std::time::Duration;
+
+use glmgate::mock::MockOptions;
+use serde_json::Value;
+
+use crate::common::*;
+
+/// Two accounts on one provider in front of the mock.
+fn two_accounts(a: &str, b: &str) -> String {
+    format!(
+        r#"
+[[providers]]
+name = "zai"
+preset = "custom"
+openai_base_url = "MOCK/api/coding/paas/v4"
+anthropic_base_url = "MOCK/api/anthropic"
+[[providers.accounts]]
+name = "a"
+{a}
+[[providers.accounts]]
+name = "b"
+{b}
+"#
+    )
+}
+
+async fn all_ok(env: &Env, n: usize, body: Value) {
+    let futures = (0..n).map(|_| env.openai(&body));
+    for resp in futures_util::future::join_all(futures).await {
+        let status = resp.status();
+        let text = resp.text().await.expect("body");
+        assert_eq!(status, 200, "{text}");
+    }
+}
+
+#[tokio::test]
+async fn a_key_answering_401_is_disabled_and_the_others_serve_everything() {
+    let (env, _) = start_file(
+        MockOptions::default(),
+        &two_accounts(r#"keys = ["fault-401"]"#, r#"keys = ["good-key"]"#),
+    )
+    .await;
+    for _ in 0..10 {
+        let resp = env.openai(&openai_body(false)).await;
+        assert_eq!(resp.status(), 200);
+        let resp = env.anthropic(&anthropic_body(true)).await;
+        assert_eq!(resp.status(), 200);
+        resp.text().await.expect("stream");
+    }
+    let a = env.account("zai/a").await;
+    assert_eq!(a["keys"][0]["state"], "disabled", "{a}");
+    assert!(a["keys"][0]["disabled_reason"]
+        .as_str()
+        .expect("reason")
+        .contains("HTTP 401"));
+    // The secret never shows; the label does.
+    let snap = env.admin("/admin/upstreams").await.to_string();
+    assert!(
+        !snap.contains("fault-401") && !snap.contains("good-key"),
+        "{snap}"
+    );
+    assert!(snap.contains("zai/a#"), "{snap}");
+    // At most one request per kind ever reached the bad key.
+    let stats = env.mock_stats().await;
+    assert!(stats["requests"].as_u64().expect("n") <= 21, "{stats}");
+    let ready: Value = env.get_json("/ready", false).await;
+    assert_eq!(ready["usable_upstream_keys"], 1);
+}
+
+#[tokio::test]
+async fn admin_endpoints_need_the_admin_token() {
+    let (env, _) = start_file(
+        MockOptions::default(),
+        &two_accounts(r#"keys = ["k1"]"#, r#"keys = ["k2"]"#),
+    )
+    .await;
+    for token in [None, Some(env.key.as_str()), Some("wrong")] {
+        let mut req = env.http.get(env.url("/admin/upstreams"));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        assert_eq!(req.send().await.expect("sent").status(), 401);
+    }
+    // Without a configured token the admin API is off.
+    let plain = start(Opts::default()).await;
+    let resp = plain
+        .http
+        .get(plain.url("/admin/upstreams"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(resp.status(), 403);
+}
+
+#[tokio::test]
+async fn a_1302_storm_shrinks_that_accounts_limit_and_nothing_fails() {
+    // Account a allows one request in flight; b has room. Streams last ~200 ms.
+    let (env, _) = start_file(
+        MockOptions {
+            chunk_delay: Duration::from_millis(10),
+            ..MockOptions::default()
+        },
+        &two_accounts(r#"keys = ["fault-concurrency=1"]"#, r#"keys = ["roomy"]"#),
+    )
+    .await;
+    all_ok(&env, 24, openai_body(true)).await;
+    let a = env.account("zai/a").await;
+    assert!(a["last_error"]
+        .as_str()
+        .expect("error")
+        .contains("concurrency"));
+    let stats = env.mock_stats().await;
+    assert!(
+        stats["requests"].as_u64().expect("n") > 24,
+        "some attempts were refused and retried: {stats}"
+    );
+    all_ok(&env, 24, openai_body(true)).await;
+    let a = env.account("zai/a").await;
+    assert_eq!(a["models"]["glm-4.7"]["adaptive_limit"], 1, "{a}");
+    // With the learned limit, the next wave gets no 1302 at all from a.
+    let before = env.mock_stats().await["requests"].as_u64().expect("n");
+    all_ok(&env, 24, openai_body(true)).await;
+    let after = env.mock_stats().await["requests"].as_u64().expect("n");
+    assert_eq!(
+        after - before,
+        24,
+        "no refused attempts once the limit is learned"
+    );
+}
+
+#[tokio::test]
+async fn a_quota_error_benches_the_account_until_its_reset() {
+    let (env, _) = start_file(
+        MockOptions::default(),
+        &two_accounts(r#"keys = ["fault-429-1308"]"#, r#"keys = ["fresh"]"#),
+    )
+    .await;
+    for _ in 0..6 {
+        let resp = env.anthropic(&anthropic_body(false)).await;
+        assert_eq!(resp.status(), 200);
+    }
+    let a = env.account("zai/a").await;
+    assert_eq!(a["state"], "benched", "{a}");
+    let until = chrono::DateTime::parse_from_rfc3339(a["benched_until"].as_str().expect("until"))
+        .expect("rfc3339");
+    let left = until
+        .signed_duration_since(chrono::Utc::now())
+        .num_seconds();
+    // The mock says the quota resets in one hour (given in UTC+8).
+    assert!((3000..=3600).contains(&left), "{left}");
+    assert!(env.mock_stats().await["requests"].as_u64().expect("n") <= 7);
+    let rows = env.usage_rows(6).await;
+    assert!(rows.iter().all(|r| r["upstream"] == "zai/b"), "{rows:?}");
+}
+
+#[tokio::test]
+async fn a_model_outside_one_plan_goes_to_the_account_that_has_it() {
+    // a answers 1113 for glm-5 only; b's plan has glm-5 alone.
+    let (env, _) = start_file(
+        MockOptions::default(),
+        &two_accounts(
+            r#"keys = ["fault-429-1113@glm-5"]"#,
+            r#"keys = ["five"]
+models = ["glm-5"]"#,
+        ),
+    )
+    .await;
+    let mut five = openai_body(false);
+    five["model"] = "glm-5".into();
+    for _ in 0..4 {
+        assert_eq!(env.openai(&five).await.status(), 200);
+        assert_eq!(env.openai(&openai_body(false)).await.status(), 200);
+    }
+    let rows = env.usage_rows(8).await;
+    for r in rows {
+        let expected = if r["model"] == "glm-5" {
+            "zai/b"
+        } else {
+            "zai/a"
+        };
+        assert_eq!(r["upstream"], expected, "{r}");
+    }
+    let a = env.account("zai/a").await;
+    assert!(a["models"]["glm-5"]["benched_until"].is_string(), "{a}");
+    assert!(a["models"]["glm-4.7"]["benched_until"].is_null(), "{a}");
+    // 8 answers, and one extra attempt: the 1113 that benched glm-5 on a.
+    assert!(env.mock_stats().await["requests"].as_u64().expect("n") <= 9);
+}
+
+#[tokio::test]
+async fn reload_under_load_loses_no_request_and_bad_configs_are_refused() {
+    let (env, path) = start_file(
+        MockOptions {
+            chunk_delay: Duration::from_millis(5),
+            ..MockOptions::default()
+        },
+        &two_accounts(r#"keys = ["k1"]"#, r#"keys = ["k2"]"#),
+    )
+    .await;
+    let text = std::fs::read_to_string(&path).expect("config");
+    let load = async {
+        for _ in 0..4 {
+            all_ok(&env, 16, openai_body(true)).await;
+        }
+    };
+    let reloads = async {
+        for i in 0..8 {
+            // Alternate: drop account b, then add it back with another key.
+            let next = if i % 2 == 0 {
+                text.replace("[[providers.accounts]]\nname = \"b\"\nkeys = [\"k2\"]", "")
+            } else {
+                text.replace("\"k2\"", "\"k3\"")
+            };
+            std::fs::write(&path, next).expect("write");
+            let resp = env
+                .http
+                .post(env.url("/admin/reload"))
+                .bearer_auth(ADMIN_TOKEN)
+                .send()
+                .await
+                .expect("sent");
+            assert_eq!(
+                resp.status(),
+                200,
+                "{}",
+                resp.text().await.unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+    };
+    tokio::join!(load, reloads);
+    assert_eq!(
+        env.account("zai/b").await["keys"].as_array().map(Vec::len),
+        Some(1)
+    );
+
+    std::fs::write(
+        &path,
+        text.replace("preset = \"custom\"", "preset = \"nope\""),
+    )
+    .expect("write");
+    let resp = env
+        .http
+        .post(env.url("/admin/reload"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(resp.status(), 400);
+    let body: Value = resp.json().await.expect("json");
+    assert!(body["error"]["message"]
+        .as_str()
+        .expect("message")
+        .contains("unknown preset"));
+    assert_eq!(
+        env.openai(&openai_body(false)).await.status(),
+        200,
+        "old config stays"
+    );
+}
+
+#[tokio::test]
+async fn learned_limits_survive_a_restart() {
+    let rest = two_accounts(
+        r#"keys = ["fault-concurrency=2"]"#,
+        r#"keys = ["fault-concurrency=2"]"#,
+    );
+    let (mut env, path) = start_file(
+        MockOptions {
+            chunk_delay: Duration::from_millis(10),
+            ..MockOptions::default()
+        },
+        &rest,
+    )
+    .await;
+    // Eight at once on 2 × 2 slots: some are refused, limits are learned, all succeed
+    // (a refused request waits for a slot).
+    all_ok(&env, 8, openai_body(true)).await;
+    let limits = |a: Value| a["models"]["glm-4.7"]["adaptive_limit"].clone();
+    let learned = [
+        limits(env.account("zai/a").await),
+        limits(env.account("zai/b").await),
+    ];
+    assert!(
+        learned.iter().any(Value::is_u64),
+        "a limit was learned: {learned:?}"
+    );
+    env.gateway
+        .take()
+        .expect("running")
+        .stop()
+        .await
+        .expect("stopped");
+
+    let settings = glmgate::config::load(Some(&path)).expect("config");
+    let gateway = glmgate::app::spawn(settings).await.expect("restarts");
+    env.base = format!("http://{}", gateway.addr);
+    env.gateway = Some(gateway);
+    let restored = [
+        limits(env.account("zai/a").await),
+        limits(env.account("zai/b").await),
+    ];
+    assert_eq!(restored, learned);
+}
