@@ -24,7 +24,7 @@ pub struct AppState {
     pub settings: Settings,
     pub store: Store,
     pub auth: Authenticator,
-    pub upstream: Upstream,
+    pub upstream: Arc<Upstream>,
     pub recorder: Arc<Recorder>,
 }
 
@@ -42,7 +42,7 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<(Arc<AppState>, R
     tokio::spawn(save_limits(store.clone(), limits_rx));
     let state = AppState {
         auth: Authenticator::new(store.clone(), settings.key_cache_ttl),
-        upstream: Upstream::new(&settings.upstream, &restored, limits_tx)?,
+        upstream: Arc::new(Upstream::new(&settings.upstream, &restored, limits_tx)?),
         store,
         recorder,
         settings,
@@ -127,6 +127,7 @@ pub async fn serve(
     let grace = settings.shutdown_grace;
     let (state, recorder) = build_state(settings).await?;
     spawn_reloaders(state.clone());
+    crate::upstream::quota::spawn(state.upstream.clone());
     let app = crate::routes::router(state.clone());
     let stopping = Arc::new(Notify::new());
     let signal = {

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::config::{self, RawConfig};
+use crate::config::{self, RawAccount, RawConfig, RawProvider};
 use crate::mock::{self, MockOptions};
 use crate::store::Store;
 
@@ -14,13 +14,27 @@ pub async fn run(listen: &str, db: &Path, chunk_delay: Duration) -> anyhow::Resu
         ..MockOptions::default()
     })
     .await?;
+    let admin_token = format!("adm-{:032x}", rand::random::<u128>());
     let mut raw = RawConfig::default();
     raw.server.listen = listen.to_string();
     raw.store.path = db.to_path_buf();
-    raw.upstream.preset = "custom".into();
-    raw.upstream.openai_base_url = Some(format!("http://{mock_addr}/api/coding/paas/v4"));
-    raw.upstream.anthropic_base_url = Some(format!("http://{mock_addr}/api/anthropic"));
-    raw.upstream.keys = vec!["mock-upstream-key".into()];
+    raw.admin.token = Some(admin_token.clone());
+    // Two accounts on the mock, as a team with two Z.AI accounts would configure them.
+    raw.providers = vec![RawProvider {
+        name: "mock".into(),
+        preset: Some("custom".into()),
+        openai_base_url: Some(format!("http://{mock_addr}/api/coding/paas/v4")),
+        anthropic_base_url: Some(format!("http://{mock_addr}/api/anthropic")),
+        accounts: ["team-a", "team-b"]
+            .iter()
+            .map(|name| RawAccount {
+                name: name.to_string(),
+                keys: vec![format!("mock-key-{name}")],
+                ..RawAccount::default()
+            })
+            .collect(),
+        ..RawProvider::default()
+    }];
     let settings = config::validate(raw, None)?;
 
     let store = Store::open(&settings.store_path).await?;
@@ -40,6 +54,8 @@ glmgate demo is running: the real gateway, in front of the built-in mock Z.AI up
   Anthropic base:  {base}
   Health:          {base}/health   Readiness: {base}/ready
   Your usage:      curl -s {base}/stats -H "Authorization: Bearer {secret}"
+  Admin token:     {admin_token}
+  Upstreams:       curl -s {base}/admin/upstreams -H "Authorization: Bearer {admin_token}"
 
 Try it:
   curl -s {base}/v1/chat/completions -H "Authorization: Bearer {secret}" \

@@ -4,6 +4,7 @@
 //! |---|---|
 //! | `STATUS[-CODE]` (e.g. `429-1302`, `401`, `500`, `529`, `400-1211`) | error response with Z.AI's body and business code |
 //! | `STATUS[-CODE]@MODEL` (e.g. `429-1113@glm-5`) | the same, only for requests for that model |
+//! | `quota-used=PCT` | what the quota monitor (`GET /api/monitor/usage/quota/limit`) reports as used for this key (default 10) |
 //! | `concurrency=N` | at most N requests in flight per upstream key; more get 429 with code 1302 |
 //! | `slow-first-byte[=MS]` | wait before answering (default 2000 ms) |
 //! | `slow-chunks[=MS]` | wait between stream chunks (default 200 ms) |
@@ -17,7 +18,7 @@
 
 use std::time::Duration;
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Faults {
     /// `(HTTP status, Z.AI business code)`.
     pub error: Option<(u16, String)>,
@@ -25,6 +26,8 @@ pub struct Faults {
     pub error_model: Option<String>,
     /// Most requests in flight per upstream key.
     pub concurrency: Option<usize>,
+    /// Used share of the plan quota the monitor reports, in percent.
+    pub quota_used: Option<f64>,
     pub first_byte_delay: Option<Duration>,
     pub chunk_delay: Option<Duration>,
     /// `Some(None)`: drop at the midpoint; `Some(Some(n))`: after n chunks.
@@ -79,6 +82,12 @@ impl Faults {
                     self.drop_after.get_or_insert(n);
                 }
                 "empty-200" => self.empty_200 = true,
+                "quota-used" => {
+                    let pct = value
+                        .and_then(|v| v.parse::<f64>().ok())
+                        .ok_or_else(|| format!("`{item}`: quota-used needs a percentage"))?;
+                    self.quota_used.get_or_insert(pct);
+                }
                 "concurrency" => {
                     let n = value
                         .and_then(|v| v.parse::<usize>().ok())

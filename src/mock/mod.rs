@@ -130,6 +130,7 @@ pub fn router(options: MockOptions) -> axum::Router {
         .route("/api/anthropic/v1/messages", anthropic.clone())
         .route("/v1/messages", anthropic)
         .route("/_mock/stats", get(stats))
+        .route(crate::upstream::quota::QUOTA_PATH, get(quota))
         .with_state(mock)
 }
 
@@ -148,6 +149,33 @@ pub async fn spawn(options: MockOptions) -> std::io::Result<SocketAddr> {
         }
     });
     Ok(addr)
+}
+
+/// Z.AI's plan quota monitor: the share used (from the key's `quota-used=PCT` fault, else
+/// 10%) and the next reset, an hour from now.
+async fn quota(State(m): State<Arc<Mock>>, headers: HeaderMap) -> Response {
+    let key = header_str(&headers, "authorization")
+        .trim_start_matches("Bearer ")
+        .to_string();
+    if key.is_empty() || key.starts_with("bad") {
+        return error_response(Dialect::OpenAi, 401, "1001", &render::new_id());
+    }
+    let mut faults = Faults::default();
+    for spec in [key.strip_prefix("fault-"), m.options.fault.as_deref()]
+        .into_iter()
+        .flatten()
+    {
+        let _ = faults.add(spec);
+    }
+    let reset = chrono::Utc::now().timestamp_millis() + 3_600_000;
+    json_response(
+        StatusCode::OK,
+        json!({"code": 200, "msg": "Operation successful", "success": true, "data": {"limits": [
+            {"type": "TOKENS_LIMIT", "unit": 3, "number": 5,
+             "percentage": faults.quota_used.unwrap_or(10.0), "nextResetTime": reset}
+        ]}})
+        .to_string(),
+    )
 }
 
 async fn stats(State(m): State<Arc<Mock>>) -> Json<Value> {

@@ -9,6 +9,7 @@
 pub mod aimd;
 pub mod classify;
 pub mod pool;
+pub mod quota;
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -96,6 +97,10 @@ impl Upstream {
             waiters: Arc::new(Waiters::default()),
             limits_tx,
         })
+    }
+
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
     }
 
     /// The current pool (for listings and checks).

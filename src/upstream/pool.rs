@@ -214,6 +214,17 @@ struct AccountRt {
     decision: Decision,
     /// Aligned with the account's `keys`.
     keys: Vec<KeyRt>,
+    /// From the quota monitor, when polled.
+    quota: Option<QuotaReading>,
+}
+
+/// What the upstream's quota monitor said about an account.
+#[derive(Clone, Debug)]
+pub struct QuotaReading {
+    /// Share of the window's quota used, 0–100.
+    pub used_percent: f64,
+    pub next_reset: Option<DateTime<Utc>>,
+    pub checked: DateTime<Utc>,
 }
 
 fn prune(window: &mut VecDeque<Instant>, now: Instant) {
@@ -350,6 +361,7 @@ impl Pool {
                                 last_error: None,
                                 decision: Decision::Unused,
                                 keys: Vec::new(),
+                                quota: None,
                             }),
                         })
                     }
@@ -360,7 +372,11 @@ impl Pool {
                     rt.keys = keys
                         .iter()
                         .map(|k| match existing.iter().position(|e| e.label == k.label) {
-                            Some(i) => existing.swap_remove(i),
+                            // A reload gives a disabled key another chance.
+                            Some(i) => KeyRt {
+                                disabled: None,
+                                ..existing.swap_remove(i)
+                            },
                             None => KeyRt::new(k.label.clone()),
                         })
                         .collect();
@@ -552,6 +568,12 @@ impl Pool {
             }
             rt.bench = None;
         }
+        if let Some(q) = &rt.quota {
+            if q.used_percent >= 100.0 && q.next_reset.is_some_and(|t| t > Utc::now()) {
+                rt.decision = Decision::Benched;
+                return Eval::Quota(q.next_reset.unwrap_or_else(Utc::now));
+            }
+        }
         if !rt.models.contains_key(model) {
             rt.models.insert(
                 model.to_string(),
@@ -666,6 +688,9 @@ impl Pool {
             Some(l) => f64::from(account_in_flight) / f64::from(l.max(1)),
             None => f64::from(account_in_flight) * 0.02,
         };
+        // Prefer accounts with quota left, when the monitor is polled.
+        let used = rt.quota.as_ref().map_or(0.0, |q| q.used_percent / 50.0);
+        let load = load + used;
         Eval::Candidate {
             score: load + key_score,
             key,
@@ -716,6 +741,24 @@ impl Pool {
         }
     }
 
+    /// For the quota monitor: each account's id, provider and first usable key.
+    pub fn quota_targets(&self) -> Vec<(Arc<str>, Arc<Provider>, Arc<Key>)> {
+        self.accounts
+            .iter()
+            .filter_map(|a| {
+                let rt = a.state.lock();
+                let i = rt.keys.iter().position(|k| k.disabled.is_none())?;
+                Some((a.id.clone(), a.provider.clone(), a.keys.get(i)?.clone()))
+            })
+            .collect()
+    }
+
+    pub fn set_quota(&self, account: &str, reading: QuotaReading) {
+        if let Some(a) = self.accounts.iter().find(|a| a.id.as_ref() == account) {
+            a.state.lock().quota = Some(reading);
+        }
+    }
+
     /// Every learned limit, to store on shutdown: `(account, model, limit)`.
     pub fn learned_limits(&self) -> Vec<(Arc<str>, String, f64)> {
         let mut out = Vec::new();
@@ -749,7 +792,11 @@ impl Pool {
                         let rt = a.state.lock();
                         let benched = rt.bench.as_ref().filter(|b| b.until > now);
                         let cooling = rt.cooldown_until.filter(|c| *c > now);
-                        let state = if benched.is_some() {
+                        let used_up = rt.quota.as_ref().is_some_and(|q| {
+                            q.used_percent >= 100.0
+                                && q.next_reset.is_some_and(|t| t > Utc::now())
+                        });
+                        let state = if benched.is_some() || used_up {
                             "benched"
                         } else if cooling.is_some() {
                             "cooling_down"
@@ -818,6 +865,12 @@ impl Pool {
                             "last_error": rt.last_error.as_ref().map(|e| e.what.clone()),
                             "last_error_at": rt.last_error.as_ref().map(|e| e.wall.to_rfc3339()),
                             "last_decision": rt.decision.as_str(),
+                            "quota": rt.quota.as_ref().map(|q| json!({
+                                "used_percent": q.used_percent,
+                                "remaining_percent": (100.0 - q.used_percent).max(0.0),
+                                "next_reset": q.next_reset.map(|t| t.to_rfc3339()),
+                                "checked_at": q.checked.to_rfc3339(),
+                            })),
                             "models": models,
                             "keys": keys,
                         })

@@ -307,3 +307,35 @@ async fn learned_limits_survive_a_restart() {
     ];
     assert_eq!(restored, learned);
 }
+
+#[tokio::test]
+async fn the_quota_monitor_steers_traffic_away_from_a_used_up_account() {
+    let rest = format!(
+        "quota_poll_secs = 10\n{}",
+        two_accounts(
+            r#"keys = ["fault-quota-used=100"]"#,
+            r#"keys = ["fault-quota-used=35"]"#
+        )
+    );
+    let (env, _) = start_file(MockOptions::default(), &rest).await;
+    let mut polled = false;
+    for _ in 0..100 {
+        let a = env.account("zai/a").await;
+        let b = env.account("zai/b").await;
+        if a["quota"].is_object() && b["quota"].is_object() {
+            assert_eq!(a["quota"]["used_percent"], 100.0);
+            assert_eq!(b["quota"]["remaining_percent"], 65.0);
+            assert!(a["quota"]["next_reset"].is_string(), "{a}");
+            assert_eq!(a["state"], "benched");
+            polled = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(polled, "the monitor was polled at start");
+    for _ in 0..6 {
+        assert_eq!(env.openai(&openai_body(false)).await.status(), 200);
+    }
+    let rows = env.usage_rows(6).await;
+    assert!(rows.iter().all(|r| r["upstream"] == "zai/b"), "{rows:?}");
+}
