@@ -673,6 +673,9 @@ fn upstream_settings(
         if !up.keys.is_empty() {
             bail!("upstream.keys: with [[providers]] configured, list keys under [[providers.accounts]]");
         }
+        if env_keys.is_some_and(|k| !k.trim().is_empty()) {
+            tracing::warn!("ZAI_API_KEY is ignored: [[providers]] are configured");
+        }
         let mut names = std::collections::HashSet::new();
         for (i, p) in providers.into_iter().enumerate() {
             let name = if p.name.is_empty() {

@@ -48,7 +48,7 @@ pub enum ApiError {
     NotFound { method: String, path: String },
     #[error("{0}")]
     NoUpstream(String),
-    #[error("the gateway has no upstream API key configured (upstream.keys or ZAI_API_KEY)")]
+    #[error("the gateway has no upstream API key configured (upstream.keys, ZAI_API_KEY or [[providers.accounts]])")]
     NoUpstreamKey,
     #[error("{message}")]
     QuotaExhausted {
