@@ -19,6 +19,7 @@ import shutil
 import signal
 import socket
 import statistics
+import urllib.request
 import subprocess
 import sys
 import tempfile
@@ -164,21 +165,50 @@ http {{
     return path
 
 
-def glmgate_conf(tmp, port, mock_port):
-    path = os.path.join(tmp, "glmgate.toml")
-    with open(path, "w") as f:
-        f.write(f"""
+def glmgate_conf(tmp, port, mock_port, failover=False):
+    """glmgate as users run it; with `failover`, a second account whose key always answers
+    500 sits in the pool next to the good one, its circuit breaker off, so requests that
+    pick it fail over to the good account."""
+    name = "glmgate-failover" if failover else "glmgate"
+    path = os.path.join(tmp, f"{name}.toml")
+    base = f"""
 [server]
 listen = "127.0.0.1:{port}"
 [store]
-path = "{tmp}/bench.db"
+path = "{tmp}/{name}.db"
+"""
+    if failover:
+        upstream = f"""
+[upstream.breaker]
+failures = 1000000000
+[[providers]]
+name = "mock"
+preset = "custom"
+openai_base_url = "http://127.0.0.1:{mock_port}/api/coding/paas/v4"
+anthropic_base_url = "http://127.0.0.1:{mock_port}/api/anthropic"
+[[providers.accounts]]
+name = "dead"
+keys = ["fault-500"]
+[[providers.accounts]]
+name = "good"
+keys = ["bench-upstream-key"]
+"""
+    else:
+        upstream = f"""
 [upstream]
 preset = "custom"
 openai_base_url = "http://127.0.0.1:{mock_port}/api/coding/paas/v4"
 anthropic_base_url = "http://127.0.0.1:{mock_port}/api/anthropic"
 keys = ["bench-upstream-key"]
-""")
+"""
+    with open(path, "w") as f:
+        f.write(base + upstream)
     return path
+
+
+def mock_requests(port):
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/_mock/stats", timeout=10) as r:
+        return json.load(r)["requests"]
 
 
 class Rig:
@@ -199,17 +229,26 @@ class Rig:
         self.gg = procs.start([*glmgate_prefix, GLMGATE, "serve", "--config", conf],
                               os.path.join(tmp, "glmgate.log"))
         wait_port(self.gg_port, deadline=120)
+        self.fo_port = free_port()
+        conf = glmgate_conf(tmp, self.fo_port, self.mock_port, failover=True)
+        self.fo_key = subprocess.run([GLMGATE, "keys", "create", "--name", "bench", "--config", conf],
+                                     check=True, capture_output=True, text=True).stdout.strip()
+        self.fo = procs.start([GLMGATE, "serve", "--config", conf], os.path.join(tmp, "glmgate-failover.log"),
+                              env={**os.environ, "GLMGATE_LOG": "error"})
+        wait_port(self.fo_port, deadline=120)
 
     def target(self, name, api):
-        gw = name == "glmgate"
-        port = {"direct": self.mock_port, "nginx": self.nginx_port, "glmgate": self.gg_port}[name]
+        gw = name in ("glmgate", "failover")
+        port = {"direct": self.mock_port, "nginx": self.nginx_port, "glmgate": self.gg_port,
+                "failover": self.fo_port}[name]
+        key = {"glmgate": self.key, "failover": self.fo_key}.get(name, "bench-upstream-key")
         if api == "openai":
             path = "/v1/chat/completions" if gw else "/api/coding/paas/v4/chat/completions"
-            headers = [f"authorization: Bearer {self.key if gw else 'bench-upstream-key'}"]
+            headers = [f"authorization: Bearer {key}"]
         else:
             path = "/v1/messages" if gw else "/api/anthropic/v1/messages"
-            headers = [f"x-api-key: {self.key if gw else 'bench-upstream-key'}", "anthropic-version: 2023-06-01"]
-        pid = {"direct": None, "nginx": self.nginx.pid, "glmgate": self.gg.pid}[name]
+            headers = [f"x-api-key: {key}", "anthropic-version: 2023-06-01"]
+        pid = {"direct": None, "nginx": self.nginx.pid, "glmgate": self.gg.pid, "failover": self.fo.pid}[name]
         return f"http://127.0.0.1:{port}{path}", headers + ["content-type: application/json"], pid
 
 
@@ -220,6 +259,9 @@ SCENARIOS = {
                                        "messages": [{"role": "user", "content": "Hello"}]}),
     "openai-100kb": ("openai", {"model": "glm-4.7", "messages": [{"role": "user", "content": "x" * 100_000}]}),
 }
+
+
+FAILOVER_SCENARIOS = ("openai", "openai-stream")
 
 
 def body_file(tmp, scenario):
@@ -245,8 +287,10 @@ def load(url, headers, body, concurrency, duration, rate=None, requests=None):
 def measure(rig, target, scenario, concurrency, duration, rate=None):
     url, headers, pid = rig.target(target, SCENARIOS[scenario][0])
     cpu0 = cpu_seconds(pid) if pid else 0
+    up0 = mock_requests(rig.mock_port)
     r = load(url, headers, body_file(rig.tmp, scenario), concurrency, duration, rate)
     r["cpu_us_per_req"] = ((cpu_seconds(pid) - cpu0) * 1e6 / max(r["requests"], 1)) if pid else None
+    r["attempts_per_req"] = (mock_requests(rig.mock_port) - up0) / max(r["requests"], 1)
     return r
 
 
@@ -269,20 +313,22 @@ def run_table(args):
         idle = {"glmgate": rss_mb(rig.gg.pid), "nginx": rss_mb(rig.nginx.pid)}
         concurrencies = [1, 64] if args.quick else [1, 16, 64, 256]
         scenarios = list(SCENARIOS) if not args.only else args.only.split(",")
-        targets = ["direct", "nginx", "glmgate"]
         rows = []
         for scenario in scenarios:
+            # The failover row: the same request through a pool with a dead account.
+            targets = ["direct", "nginx", "glmgate"] + (["failover"] if scenario in FAILOVER_SCENARIOS else [])
             for c in concurrencies:
                 reps = {t: [] for t in targets}
                 for rep in range(args.reps):
-                    order = targets[rep % 3:] + targets[:rep % 3]  # rotate who goes first
+                    k = rep % len(targets)
+                    order = targets[k:] + targets[:k]  # rotate who goes first
                     for t in order:
                         reps[t].append(measure(rig, t, scenario, c, args.duration))
                     log(f"{scenario} c={c} rep {rep + 1}/{args.reps}: " + ", ".join(
                         f"{t} p50 {reps[t][-1]['latency_us']['p50']}us" for t in targets))
                 rows.append((scenario, c, reps))
         open_loop = {}
-        for t in targets:
+        for t in ["direct", "nginx", "glmgate"]:
             open_loop[t] = measure(rig, t, "openai", 0, args.duration, rate=args.rate)
         peak = {"glmgate": rss_mb(rig.gg.pid, "VmHWM"), "nginx": rss_mb(rig.nginx.pid, "VmHWM")}
     finally:
@@ -312,12 +358,15 @@ def render(rows, open_loop, idle, peak, args):
     out = [f"# glmgate benchmark, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC", "",
            f"Machine: {machine()}. Load generator, mock, nginx and glmgate share these cores.",
            f"Each cell: median of {args.reps} interleaved repetitions of {args.duration} s "
-           f"(closed loop). Latencies in µs. Overhead = target − direct in the same repetition.", "",
+           f"(closed loop). Latencies in µs. Overhead = target − direct in the same repetition.",
+           "`failover`: glmgate with a second, dead account (its key always gets HTTP 500, circuit "
+           "breaker off) next to the good one; requests that try it first are retried on the good one "
+           "before the client sees a byte. Attempts/req counts the upstream requests per client request.", "",
            "| scenario | c | target | p50 | p90 | p99 | +p50 | +p99 | req/s | vs nginx req/s | CPU µs/req | +TTFB p50 |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for scenario, c, reps in rows:
         direct = reps["direct"]
-        for t in ("direct", "nginx", "glmgate"):
+        for t in reps:
             rs = reps[t]
             lat = lambda q: med([r["latency_us"][q] for r in rs])
             over = lambda q: med([r["latency_us"][q] - d["latency_us"][q] for r, d in zip(rs, direct)])
@@ -326,10 +375,12 @@ def render(rows, open_loop, idle, peak, args):
             ratio = med([r["rps"] / n["rps"] for r, n in zip(rs, reps["nginx"]) if n["rps"]])
             errors = sum(r["errors"] for r in rs)
             name = t + (f" ({errors} errors)" if errors else "")
+            if t == "failover":
+                name += f", {med([r['attempts_per_req'] for r in rs]):.2f} attempts/req"
             stream = "stream" in scenario
             out.append(f"| {scenario} | {c} | {name} | {fmt(lat('p50'))} | {fmt(lat('p90'))} | {fmt(lat('p99'))} | "
                        f"{'' if t == 'direct' else fmt(over('p50'))} | {'' if t == 'direct' else fmt(over('p99'))} | "
-                       f"{fmt(rps)} | {fmt(ratio, 2) if t == 'glmgate' else ''} | "
+                       f"{fmt(rps)} | {fmt(ratio, 2) if t in ('glmgate', 'failover') else ''} | "
                        f"{fmt(med([r['cpu_us_per_req'] for r in rs]), 1)} | "
                        f"{fmt(ttfb) if stream and t != 'direct' else ''} |")
     out += ["", f"Open loop, OpenAI non-stream at {args.rate} req/s for {args.duration} s (latency from the scheduled start):", "",

@@ -138,6 +138,8 @@ impl Upstream {
         // What the client gets if no further attempt can be made.
         let mut last: Option<Result<Opened, ApiError>> = None;
         let mut attempt = 0u32;
+        // Backoff owed before trying a key this request has already tried.
+        let mut owed = Duration::ZERO;
         loop {
             attempt += 1;
             let budget_end = started + self.pool.load().policy.retry_budget;
@@ -149,6 +151,16 @@ impl Upstream {
                 // After a failed attempt, its answer says more than "no room left".
                 Err(e) => return last.unwrap_or(Err(e)),
             };
+            if !owed.is_zero() && avoid.contains(&target.key.label) {
+                // Only the key that just failed is free: back off before trying it again
+                // (another key would have been tried at once).
+                drop(permit);
+                let pause = std::mem::take(&mut owed)
+                    .min(budget_end.saturating_duration_since(Instant::now()));
+                tokio::time::sleep(pause).await;
+                attempt -= 1;
+                continue;
+            }
             let t0 = Instant::now();
             let result = self
                 .attempt(&pool, &target, dialect, client_headers, body.clone())
@@ -192,11 +204,7 @@ impl Upstream {
                         Class::Key => None,
                         _ => Some(answer.ok_or(error)),
                     };
-                    let pause = backoff(failure.class, attempt, p)
-                        .min(budget_end.saturating_duration_since(now));
-                    if !pause.is_zero() {
-                        tokio::time::sleep(pause).await;
-                    }
+                    owed = backoff(failure.class, attempt, p);
                 }
             }
         }
