@@ -78,31 +78,30 @@ fn spawn_reloaders(state: Arc<AppState>) {
         return;
     };
     #[cfg(unix)]
-    {
-        let state = state.clone();
-        tokio::spawn(async move {
-            let Ok(mut hup) =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-            else {
-                return;
-            };
-            while hup.recv().await.is_some() {
-                if let Err(e) = reload(&state) {
-                    tracing::error!(error = %format!("{e:#}"), "reload refused; keeping the running config");
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Err(e) => tracing::error!(error = %e, "cannot listen for SIGHUP"),
+        Ok(mut hup) => {
+            let state = state.clone();
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    if let Err(e) = reload(&state) {
+                        tracing::error!(error = %format!("{e:#}"), "reload refused; keeping the running config");
+                    }
                 }
-            }
-        });
+            });
+        }
     }
     if !state.settings.upstream.policy.watch_config {
         return;
     }
+    let stamp = |p: &std::path::Path| {
+        std::fs::metadata(p)
+            .ok()
+            .map(|m| (m.modified().ok(), m.len()))
+    };
+    // Taken before serving starts, so no change made after that is missed.
+    let mut seen = stamp(&path);
     tokio::spawn(async move {
-        let stamp = |p: &std::path::Path| {
-            std::fs::metadata(p)
-                .ok()
-                .map(|m| (m.modified().ok(), m.len()))
-        };
-        let mut seen = stamp(&path);
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -127,6 +126,9 @@ pub async fn serve(
     let grace = settings.shutdown_grace;
     let (state, recorder) = build_state(settings).await?;
     spawn_reloaders(state.clone());
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "glmgate listening");
+    }
     crate::upstream::quota::spawn(state.upstream.clone());
     let app = crate::routes::router(state.clone());
     let stopping = Arc::new(Notify::new());
@@ -206,29 +208,36 @@ pub async fn spawn(settings: Settings) -> anyhow::Result<Running> {
 }
 
 /// Resolves on SIGTERM or Ctrl-C.
-pub async fn termination_signal() {
-    let ctrl_c = async {
+/// Resolves on SIGTERM or Ctrl-C. The handlers are installed when this is called (not
+/// when the future is first polled), so a signal sent once the gateway says it is
+/// listening is never missed.
+pub fn termination_signal() -> impl Future<Output = ()> {
+    #[cfg(unix)]
+    let signals = {
+        use tokio::signal::unix::{signal, SignalKind};
+        (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        )
+    };
+    async move {
+        #[cfg(unix)]
+        match signals {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {},
+                    _ = int.recv() => {},
+                }
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM/SIGINT");
+                std::future::pending::<()>().await;
+            }
+        }
+        #[cfg(not(unix))]
         if let Err(e) = tokio::signal::ctrl_c().await {
             tracing::error!(error = %e, "cannot listen for Ctrl-C");
             std::future::pending::<()>().await;
         }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
     }
 }

@@ -132,8 +132,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 tracing::warn!("no upstream key configured (upstream.keys or ZAI_API_KEY); /ready reports not ready");
             }
             let listener = tokio::net::TcpListener::bind(settings.listen).await?;
-            tracing::info!(addr = %listener.local_addr()?, "glmgate listening");
-            crate::app::serve(settings, listener, crate::app::termination_signal()).await
+            let stop = crate::app::termination_signal();
+            crate::app::serve(settings, listener, stop).await
         }
         Command::Demo {
             listen,

@@ -49,7 +49,7 @@ async fn sigterm_drains_streams_and_keys_cli_works() {
         &config,
         format!(
             "[server]\nlisten = \"127.0.0.1:{port}\"\n\n[store]\npath = \"{db}\"\n\n\
-             [upstream]\npreset = \"custom\"\nopenai_base_url = \"http://{mock}/api/coding/paas/v4\"\n\
+             [upstream]\nwatch_config = false\npreset = \"custom\"\nopenai_base_url = \"http://{mock}/api/coding/paas/v4\"\n\
              anthropic_base_url = \"http://{mock}/api/anthropic\"\n\n[accounting]\nflush_interval_ms = 50\n",
             db = dir.path().join("g.db").display()
         ),
@@ -101,6 +101,34 @@ async fn sigterm_drains_streams_and_keys_cli_works() {
             break;
         }
     }
+
+    // SIGHUP re-reads the file: one more upstream key.
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(
+        &config,
+        text.replace(
+            "watch_config = false",
+            "watch_config = false\nkeys = [\"added-by-hup\"]",
+        ),
+    )
+    .expect("rewrite config");
+    let hup = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(hup.success());
+    loop {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).expect("read") > 0,
+            "gateway exited on SIGHUP"
+        );
+        if line.contains("upstream configuration reloaded") {
+            assert!(line.contains("2 key(s)"), "{line}");
+            break;
+        }
+    }
+
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
     let body = with_fault(openai_body(true), "slow-chunks=50");
@@ -133,19 +161,24 @@ async fn sigterm_drains_streams_and_keys_cli_works() {
     let mut logs = String::new();
     stderr.read_to_string(&mut logs).expect("logs");
     assert!(
-        !logs.contains("upstream-env-key"),
-        "upstream key never logged"
+        !logs.contains("upstream-env-key") && !logs.contains("added-by-hup"),
+        "upstream keys never logged"
     );
     assert!(!logs.contains(&key), "client key never logged");
 
-    // The mock saw the upstream key from ZAI_API_KEY; usage was stored before exit.
+    // The mock saw an upstream key (from ZAI_API_KEY or the reloaded file); usage was
+    // stored before exit.
     let stats: serde_json::Value = reqwest::get(format!("http://{mock}/_mock/stats"))
         .await
         .expect("stats")
         .json()
         .await
         .expect("json");
-    assert_eq!(stats["last_authorization"], "Bearer upstream-env-key");
+    let used = stats["last_authorization"].as_str().expect("auth");
+    assert!(
+        ["Bearer upstream-env-key", "Bearer added-by-hup"].contains(&used),
+        "{used}"
+    );
     let store = glmgate::store::Store::open(&dir.path().join("g.db"))
         .await
         .expect("store");

@@ -339,3 +339,85 @@ async fn the_quota_monitor_steers_traffic_away_from_a_used_up_account() {
     let rows = env.usage_rows(6).await;
     assert!(rows.iter().all(|r| r["upstream"] == "zai/b"), "{rows:?}");
 }
+
+#[tokio::test]
+async fn overloads_and_broken_answers_fail_over_to_the_healthy_account() {
+    for (fault, state) in [
+        ("429-1305", "cooling_down"),
+        ("500", "active"),
+        ("empty-200", "active"),
+        ("garbage-200", "active"),
+    ] {
+        let (env, _) = start_file(
+            MockOptions::default(),
+            &two_accounts(
+                &format!(r#"keys = ["fault-{fault}"]"#),
+                r#"keys = ["good"]"#,
+            ),
+        )
+        .await;
+        for _ in 0..5 {
+            let resp = env.anthropic(&anthropic_body(true)).await;
+            assert_eq!(resp.status(), 200, "{fault}");
+            assert!(resp.text().await.expect("stream").contains("message_stop"));
+        }
+        let a = env.account("zai/a").await;
+        assert_eq!(a["state"], state, "{fault}: {a}");
+        assert!(a["keys"][0]["last_error"].is_string(), "{fault}: {a}");
+        let rows = env.usage_rows(5).await;
+        assert!(rows.iter().all(|r| r["upstream"] == "zai/b"), "{rows:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_changed_config_file_is_picked_up_without_a_request() {
+    let (env, path) = start_file(
+        MockOptions::default(),
+        &two_accounts(r#"keys = ["k1"]"#, r#"keys = ["k2"]"#),
+    )
+    .await;
+    let text = std::fs::read_to_string(&path)
+        .expect("config")
+        .replace("watch_config = false", "watch_config = true");
+    // Watching starts with the gateway; this gateway was started with it off, so start
+    // another on the same file with it on.
+    std::fs::write(&path, &text).expect("write");
+    let settings = glmgate::config::load(Some(&path)).expect("config");
+    let gateway = glmgate::app::spawn(settings).await.expect("starts");
+    let url = format!("http://{}/admin/upstreams", gateway.addr);
+    // Serving means the watcher has taken the file's first stamp.
+    let resp = env
+        .http
+        .get(&url)
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(resp.status(), 200);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let added = text.replace(
+        "name = \"b\"",
+        "name = \"b\"\nmax_in_flight = 3\n[[providers.accounts]]\nname = \"c\"\nkeys = [\"k3\"]\n[[providers.accounts]]\nname = \"d\"",
+    );
+    std::fs::write(&path, added).expect("write");
+    let mut seen = false;
+    for _ in 0..100 {
+        let snap: Value = env
+            .http
+            .get(&url)
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .expect("sent")
+            .json()
+            .await
+            .expect("json");
+        if snap.to_string().contains("zai/c") {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(seen, "the new account appeared within 10 s");
+    gateway.stop().await.expect("stops");
+}
