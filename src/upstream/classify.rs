@@ -145,19 +145,30 @@ impl Classifier {
     }
 
     /// Whether a 2xx JSON body (or the first SSE event) is in fact an error answer
-    /// (Z.AI has sent code 1305 with HTTP 200).
+    /// (Z.AI has sent code 1305 with HTTP 200). Cheap on the success path: a body is parsed
+    /// only when it has none of the keys every successful answer has.
     pub fn error_in_success(&self, chunk: &[u8], is_sse: bool) -> Option<Failure> {
         let json = if is_sse {
-            let text = std::str::from_utf8(chunk).ok()?;
-            let data = text
-                .lines()
-                .find_map(|l| l.strip_prefix("data:"))?
-                .trim_start();
-            if !data.starts_with("{\"error\"") && !text.starts_with("event: error") {
+            let start = chunk.iter().position(|b| !b.is_ascii_whitespace())?;
+            let rest = chunk.get(start..)?;
+            if rest.starts_with(b"event: error") || rest.starts_with(b"event:error") {
+                let at = memchr::memmem::find(rest, b"data:")?;
+                trim_data(rest.get(at + 5..)?)
+            } else if let Some(data) = rest.strip_prefix(b"data:") {
+                let data = trim_data(data);
+                if !data.starts_with(b"{\"error\"") {
+                    return None;
+                }
+                data
+            } else {
                 return None;
             }
-            data.as_bytes()
         } else {
+            if memchr::memmem::find(chunk, b"\"choices\"").is_some()
+                || memchr::memmem::find(chunk, b"\"content\"").is_some()
+            {
+                return None;
+            }
             chunk
         };
         let v: serde_json::Value = serde_json::from_slice(json).ok()?;
@@ -175,6 +186,14 @@ impl Classifier {
         }
         Some(f)
     }
+}
+
+/// The JSON of one `data:` line: leading spaces off, up to the end of the line.
+fn trim_data(data: &[u8]) -> &[u8] {
+    let start = data.iter().position(|b| *b != b' ').unwrap_or(data.len());
+    let data = data.get(start..).unwrap_or_default();
+    let end = memchr::memchr(b'\n', data).unwrap_or(data.len());
+    data.get(..end).unwrap_or_default().trim_ascii_end()
 }
 
 /// The Z.AI business code and message of an error body, in any of its shapes:
@@ -337,5 +356,15 @@ mod tests {
             .expect("sse error");
         assert_eq!(f.class, Class::Concurrency);
         assert!(c.error_in_success(b"data: {\"id\":1}\n\n", true).is_none());
+        let f = c
+            .error_in_success(
+                b"event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"[1305][busy]\"}}\n\n",
+                true,
+            )
+            .expect("anthropic error event");
+        assert_eq!(f.class, Class::Overload);
+        assert!(c
+            .error_in_success(br#"{"content":[],"id":"m","code":1}"#, false)
+            .is_none());
     }
 }

@@ -219,8 +219,34 @@ impl Upstream {
         attempt: u32,
         budget_end: Instant,
     ) -> Result<(Permit, Target, Arc<Pool>), ApiError> {
-        let mut queued: Option<Queued<'_>> = None;
-        let mut deadline: Option<Instant> = None;
+        // The common case: room now, no queue bookkeeping.
+        let pool = self.pool.load_full();
+        match pool.select(dialect, model, avoid, &self.waiters) {
+            Select::Ready(permit, target) => return Ok((permit, target, pool)),
+            Select::Refuse(e) => return Err(e),
+            Select::Wait(_) => {}
+        }
+        let p = &pool.policy;
+        if self.waiters.count.fetch_add(1, Ordering::Relaxed) >= p.queue_max_waiting {
+            self.waiters.count.fetch_sub(1, Ordering::Relaxed);
+            return Err(ApiError::Saturated {
+                message: format!(
+                    "all upstream accounts are at their concurrency limit and {} requests \
+                     are already waiting",
+                    p.queue_max_waiting
+                ),
+                retry_after_secs: 1,
+            });
+        }
+        let _queued = Queued(&self.waiters);
+        let queue_timeout = p.queue_timeout;
+        let mut deadline = Instant::now() + queue_timeout;
+        if attempt > 1 {
+            deadline = deadline.min(budget_end);
+        }
+        drop(pool);
+        // From here every release wakes us (the count is above zero), and the wake-up is
+        // registered before each look, so none is missed.
         loop {
             let notified = self.waiters.notify.notified();
             tokio::pin!(notified);
@@ -231,30 +257,7 @@ impl Upstream {
                 Select::Refuse(e) => return Err(e),
                 Select::Wait(until) => until,
             };
-            let p = &pool.policy;
             let now = Instant::now();
-            if queued.is_none() {
-                if self.waiters.count.fetch_add(1, Ordering::Relaxed) >= p.queue_max_waiting {
-                    self.waiters.count.fetch_sub(1, Ordering::Relaxed);
-                    return Err(ApiError::Saturated {
-                        message: format!(
-                            "all upstream accounts are at their concurrency limit and {} \
-                             requests are already waiting",
-                            p.queue_max_waiting
-                        ),
-                        retry_after_secs: 1,
-                    });
-                }
-                queued = Some(Queued(&self.waiters));
-                let mut d = now + p.queue_timeout;
-                if attempt > 1 {
-                    d = d.min(budget_end);
-                }
-                deadline = Some(d);
-                // Look again now that releases will wake us (none can be missed from here).
-                continue;
-            }
-            let deadline = deadline.unwrap_or(now);
             if now >= deadline {
                 let retry_after_secs = until
                     .map(|u| u.saturating_duration_since(now).as_secs())
@@ -264,7 +267,7 @@ impl Upstream {
                     message: format!(
                         "no upstream capacity for `{model}`: every account is at its \
                          concurrency limit or cooling down (waited {} s)",
-                        p.queue_timeout.as_secs()
+                        queue_timeout.as_secs()
                     ),
                     retry_after_secs,
                 });

@@ -421,3 +421,51 @@ async fn a_changed_config_file_is_picked_up_without_a_request() {
     assert!(seen, "the new account appeared within 10 s");
     gateway.stop().await.expect("stops");
 }
+
+#[tokio::test]
+async fn a_full_account_queues_then_answers_429_with_retry_after() {
+    let rest = format!(
+        "[upstream.queue]\ntimeout_secs = 1\nmax_waiting = 1\n{}",
+        two_accounts(
+            "keys = [\"k1\"]\nmax_in_flight = 1",
+            "keys = [\"k2\"]\nmax_in_flight = 1"
+        )
+    );
+    let (env, _) = start_file(MockOptions::default(), &rest).await;
+    let slow = with_fault(openai_body(false), "slow-first-byte=2500");
+    let waiting_ok = with_fault(openai_body(false), "slow-first-byte=10");
+    // Two slow requests fill both accounts; a third waits in the queue (room for one) and
+    // gets a slot only if one frees within 1 s: none does, so 429. A fourth finds the queue
+    // full and gets 429 at once.
+    let (a, b, c, d) = tokio::join!(
+        env.openai(&slow),
+        env.openai(&slow),
+        async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let t = std::time::Instant::now();
+            (env.openai(&waiting_ok).await, t.elapsed())
+        },
+        async {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            let t = std::time::Instant::now();
+            (env.openai(&waiting_ok).await, t.elapsed())
+        },
+    );
+    assert_eq!(a.status(), 200);
+    assert_eq!(b.status(), 200);
+    let (queued, waited) = c;
+    assert_eq!(queued.status(), 429);
+    assert!(queued.headers().contains_key("retry-after"));
+    assert!(waited >= Duration::from_millis(900), "{waited:?}");
+    let body: Value = queued.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "rate_limit_exceeded");
+    let (full, _) = d;
+    assert_eq!(full.status(), 429);
+    let body: Value = full.json().await.expect("json");
+    assert!(body["error"]["message"]
+        .as_str()
+        .expect("message")
+        .contains("already waiting"));
+    // Once the slow ones are done, capacity is back.
+    assert_eq!(env.openai(&openai_body(false)).await.status(), 200);
+}
