@@ -6,7 +6,7 @@
 //! |---|---|
 //! | authenticate the client key | [`auth`] |
 //! | read and validate the body | [`request`] |
-//! | pick the upstream endpoint | [`route`] |
+//! | pick the upstream format (passthrough, or translation) | [`route`], [`translate`] |
 //! | admit (quotas; a seam for later) | [`proxy`] |
 //! | send upstream, with timeouts | [`upstream`] |
 //! | stream the answer back, metering usage as it passes | [`meter`], [`proxy`] |
@@ -30,4 +30,5 @@ pub mod request;
 pub mod route;
 pub mod routes;
 pub mod store;
+pub mod translate;
 pub mod upstream;

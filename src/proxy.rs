@@ -27,6 +27,7 @@ use crate::error::{ApiError, Dialect};
 use crate::meter::{Meter, Usage};
 use crate::request::{self, RequestHead};
 use crate::route;
+use crate::translate::{a2o, Direction, ResponseTranslator};
 use crate::upstream::pool::Permit;
 use crate::upstream::{BodyStream, Opened};
 
@@ -75,6 +76,14 @@ async fn run(
     let body = request::read_body(body, state.settings.max_body_bytes).await?;
     let head = request::parse_head(dialect, &body)?;
     let route = route::route(&state.upstream.pool(), dialect, &head)?;
+    let request_bytes = body.len();
+    let (body, translation) = match route.translate {
+        None => (body, None),
+        Some(Direction::AnthropicToOpenAi) => {
+            let (body, ctx) = a2o::request(&body)?;
+            (body, Some(ctx))
+        }
+    };
     // Client-key quotas slot in here; upstream admission happens in `upstream.send`.
     let mut ledger = Ledger {
         recorder: state.recorder.clone(),
@@ -83,7 +92,8 @@ async fn run(
         dialect,
         head,
         started,
-        request_bytes: body.len(),
+        request_bytes,
+        upstream_dialect: route.dialect,
         status: StatusCode::BAD_GATEWAY,
         outcome: None,
         ttfb_ms: None,
@@ -99,11 +109,22 @@ async fn run(
         Ok(o) => o,
         Err(e) => return Err(ledger.fail(e)),
     };
-    Ok(stream_back(opened, ledger, &state.upstream.pool().policy))
+    Ok(stream_back(
+        opened,
+        ledger,
+        &state.upstream.pool().policy,
+        translation,
+    ))
 }
 
-/// Streams the upstream answer back through a [`MeteredBody`].
-fn stream_back(mut opened: Opened, mut ledger: Ledger, policy: &Policy) -> Response {
+/// Streams the upstream answer back through a [`MeteredBody`], translated into the
+/// client's format when `translation` is set.
+fn stream_back(
+    mut opened: Opened,
+    mut ledger: Ledger,
+    policy: &Policy,
+    translation: Option<a2o::Context>,
+) -> Response {
     let status = opened.status;
     ledger.status = status;
     ledger.account = opened.account.take();
@@ -116,14 +137,39 @@ fn stream_back(mut opened: Opened, mut ledger: Ledger, policy: &Policy) -> Respo
     }
     let is_sse = opened.is_sse;
     ledger.ttfb_ms = Some(ledger.started.elapsed().as_millis() as u64);
-    ledger.meter = Some(Meter::new(ledger.dialect, is_sse));
+    // The meter reads the upstream's own format.
+    ledger.meter = Some(Meter::new(ledger.upstream_dialect, is_sse));
     if is_sse && !headers.contains_key(header::CACHE_CONTROL) {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     }
-    let remaining = headers
+    let mut remaining = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok());
+        .and_then(|v| v.parse::<u64>().ok());
+    let mut translator: Option<Box<dyn ResponseTranslator>> = None;
+    if let Some(ctx) = translation {
+        // The client gets a body of another length, framed by chunks.
+        headers.remove(header::CONTENT_LENGTH);
+        if !status.is_success() {
+            // Error answers are read whole upstream; give the client its own error shape.
+            let body = opened.first.take().unwrap_or_default();
+            let translated = a2o::error(status.as_u16(), &body, &ledger.request_id).to_string();
+            remaining = Some(translated.len() as u64);
+            opened.first = Some(Bytes::from(translated));
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+        } else if is_sse {
+            translator = Some(Box::new(a2o::StreamTranslator::new(ctx)));
+        } else {
+            translator = Some(Box::new(a2o::JsonTranslator::new(ctx)));
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+        }
+    }
     let now = tokio::time::Instant::now();
     let total_deadline = tokio::time::Instant::from_std(ledger.started) + policy.total_timeout;
     let mut body = MeteredBody {
@@ -140,6 +186,7 @@ fn stream_back(mut opened: Opened, mut ledger: Ledger, policy: &Policy) -> Respo
         )),
         last_chunk: now,
         trailer: None,
+        translator,
     };
     if body.inner.is_none() && body.first.is_none() {
         body.finished();
@@ -156,6 +203,8 @@ struct Ledger {
     request_id: String,
     key_id: i64,
     dialect: Dialect,
+    /// The format the upstream speaks (the meter reads it).
+    upstream_dialect: Dialect,
     head: RequestHead,
     started: Instant,
     request_bytes: usize,
@@ -250,6 +299,8 @@ struct MeteredBody {
     last_chunk: tokio::time::Instant,
     /// A last event to send after an upstream failure mid-stream.
     trailer: Option<Bytes>,
+    /// Rewrites upstream bytes into the client's format (translation only).
+    translator: Option<Box<dyn ResponseTranslator>>,
 }
 
 impl MeteredBody {
@@ -257,13 +308,26 @@ impl MeteredBody {
         if let Some(meter) = self.ledger.meter.as_mut() {
             meter.feed(&chunk);
         }
+        let mut complete = false;
         if let Some(left) = self.remaining.as_mut() {
             *left = left.saturating_sub(chunk.len() as u64);
             if *left == 0 {
                 self.finished();
+                complete = true;
             }
         }
-        Poll::Ready(Some(Ok(chunk)))
+        let Some(t) = self.translator.as_mut() else {
+            return Poll::Ready(Some(Ok(chunk)));
+        };
+        let out = t.feed(&chunk);
+        if !complete {
+            return Poll::Ready(Some(Ok(out)));
+        }
+        let tail = t.finish();
+        let mut all = bytes::BytesMut::with_capacity(out.len() + tail.len());
+        all.extend_from_slice(&out);
+        all.extend_from_slice(&tail);
+        Poll::Ready(Some(Ok(all.freeze())))
     }
 
     fn finished(&mut self) {
@@ -331,7 +395,13 @@ impl Stream for MeteredBody {
                 this.inner = None;
                 this.permit = None;
                 this.finished();
-                Poll::Ready(None)
+                if let Some(t) = this.translator.as_mut() {
+                    let tail = t.finish();
+                    if !tail.is_empty() {
+                        this.trailer = Some(tail);
+                    }
+                }
+                this.poll_trailer()
             }
             // The idle timer is not reset per chunk (that touches the timer wheel each
             // time); when it fires, it is re-armed from the last chunk's time.
