@@ -119,12 +119,14 @@ pub fn request(body: &[u8]) -> Result<(Bytes, Context), ApiError> {
             ("assistant", Value::Array(blocks)) => {
                 messages.push(assistant_turn(blocks, &mut ctx.tool_names));
             }
-            _ => return Err(bad(
-                format!(
+            _ => {
+                return Err(bad(
+                    format!(
                     "messages[{i}]: role must be user or assistant with string or block content"
                 ),
-                "messages",
-            )),
+                    "messages",
+                ))
+            }
         }
     }
     out.insert("messages".into(), Value::Array(messages));

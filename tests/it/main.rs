@@ -7,3 +7,4 @@ mod lifecycle;
 mod passthrough;
 mod pools;
 mod streaming;
+mod translation;

@@ -49,8 +49,9 @@ class Gateway:
             return json.load(r)
 
 
-@pytest.fixture(scope="session")
-def gateway():
+def start_gateway(formats):
+    """glmgate in front of a fresh mock; `formats` says which upstream APIs it may use:
+    "both", "openai" (an OpenAI-only upstream) or "anthropic"."""
     tmp = tempfile.mkdtemp(prefix="glmgate-sdk-")
     mock_port, gw_port = free_port(), free_port()
     procs = []
@@ -59,6 +60,8 @@ def gateway():
                                       stderr=open(os.path.join(tmp, "mock.log"), "w")))
         mock = f"http://127.0.0.1:{mock_port}"
         wait_http(f"{mock}/_mock/stats")
+        openai = f"{mock}/api/coding/paas/v4" if formats in ("both", "openai") else ""
+        anthropic = f"{mock}/api/anthropic" if formats in ("both", "anthropic") else ""
         config = os.path.join(tmp, "glmgate.toml")
         with open(config, "w") as f:
             f.write(f"""
@@ -68,8 +71,8 @@ listen = "127.0.0.1:{gw_port}"
 path = "{tmp}/glmgate.db"
 [upstream]
 preset = "custom"
-openai_base_url = "{mock}/api/coding/paas/v4"
-anthropic_base_url = "{mock}/api/anthropic"
+openai_base_url = "{openai}"
+anthropic_base_url = "{anthropic}"
 keys = ["sdk-upstream-key"]
 [accounting]
 flush_interval_ms = 50
@@ -89,3 +92,13 @@ flush_interval_ms = 50
                 p.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+@pytest.fixture(scope="session")
+def gateway():
+    yield from start_gateway("both")
+
+
+@pytest.fixture(scope="session")
+def openai_only_gateway():
+    yield from start_gateway("openai")

@@ -1,0 +1,92 @@
+//! Anthropic clients on an OpenAI-only upstream: translated requests, answers and streams,
+//! with usage accounted from the upstream's own counts.
+
+use serde_json::Value;
+
+use crate::common::*;
+
+fn openai_only() -> Opts {
+    Opts {
+        tweak: |raw| raw.upstream.anthropic_base_url = Some(String::new()),
+        ..Opts::default()
+    }
+}
+
+#[tokio::test]
+async fn an_anthropic_request_is_answered_from_an_openai_upstream() {
+    let env = start(openai_only()).await;
+    let resp = env.anthropic(&anthropic_body(false)).await;
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .expect("ascii")
+        .starts_with("application/json"));
+    let m: Value = resp.json().await.expect("json");
+    assert_eq!(m["type"], "message");
+    assert_eq!(m["content"][0]["type"], "text");
+    assert_eq!(m["stop_reason"], "end_turn");
+    assert_eq!(m["usage"]["output_tokens"], 20);
+    let rows = env.usage_rows(1).await;
+    assert_eq!(rows[0]["api"], "anthropic");
+    assert_eq!(rows[0]["outcome"], "ok");
+    assert_eq!(rows[0]["output_tokens"], 20);
+    assert_eq!(rows[0]["estimated"], false);
+}
+
+#[tokio::test]
+async fn a_translated_stream_is_a_well_formed_anthropic_event_sequence() {
+    let env = start(openai_only()).await;
+    let resp = env.anthropic(&anthropic_body(true)).await;
+    assert_eq!(resp.status(), 200);
+    assert!(!resp.headers().contains_key("content-length"));
+    let text = resp.text().await.expect("stream");
+    let events: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("event: "))
+        .collect();
+    assert_eq!(events.first(), Some(&"message_start"));
+    assert_eq!(events.last(), Some(&"message_stop"));
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| **e == "content_block_delta")
+            .count(),
+        20
+    );
+    let delta: Value = data_lines(&text)
+        .into_iter()
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .find(|v| v["type"] == "message_delta")
+        .expect("message_delta");
+    assert_eq!(delta["usage"]["output_tokens"], 20);
+    assert!(delta["usage"]["input_tokens"].as_u64().expect("n") > 0);
+    let rows = env.usage_rows(1).await;
+    assert_eq!(rows[0]["outcome"], "ok");
+    assert_eq!(rows[0]["output_tokens"], 20);
+}
+
+#[tokio::test]
+async fn translated_errors_keep_the_status_in_anthropic_shape() {
+    let env = start(openai_only()).await;
+    let mut body = anthropic_body(false);
+    body["model"] = "gpt-nope".into();
+    let resp = env.anthropic(&body).await;
+    assert_eq!(resp.status(), 400);
+    let e: Value = resp.json().await.expect("json");
+    assert_eq!(e["type"], "error");
+    assert_eq!(e["error"]["type"], "invalid_request_error");
+    assert_eq!(e["error"]["code"], "1211");
+    // The other direction is not available yet, and says so.
+    let anthropic_only = start(Opts {
+        tweak: |raw| raw.upstream.openai_base_url = Some(String::new()),
+        ..Opts::default()
+    })
+    .await;
+    let resp = anthropic_only.openai(&openai_body(false)).await;
+    assert_eq!(resp.status(), 501);
+    let e: Value = resp.json().await.expect("json");
+    assert!(e["error"]["message"]
+        .as_str()
+        .expect("message")
+        .contains("not available yet"));
+}
