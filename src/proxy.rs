@@ -27,7 +27,7 @@ use crate::error::{ApiError, Dialect};
 use crate::meter::{Meter, Usage};
 use crate::request::{self, RequestHead};
 use crate::route;
-use crate::translate::{a2o, Direction, ResponseTranslator};
+use crate::translate::{ResponseTranslator, Translation};
 use crate::upstream::pool::Permit;
 use crate::upstream::{BodyStream, Opened};
 
@@ -79,9 +79,9 @@ async fn run(
     let request_bytes = body.len();
     let (body, translation) = match route.translate {
         None => (body, None),
-        Some(Direction::AnthropicToOpenAi) => {
-            let (body, ctx) = a2o::request(&body)?;
-            (body, Some(ctx))
+        Some(direction) => {
+            let (body, t) = Translation::request(direction, &body)?;
+            (body, Some(t))
         }
     };
     // Client-key quotas slot in here; upstream admission happens in `upstream.send`.
@@ -123,7 +123,7 @@ fn stream_back(
     mut opened: Opened,
     mut ledger: Ledger,
     policy: &Policy,
-    translation: Option<a2o::Context>,
+    translation: Option<Translation>,
 ) -> Response {
     let status = opened.status;
     ledger.status = status;
@@ -147,27 +147,27 @@ fn stream_back(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     let mut translator: Option<Box<dyn ResponseTranslator>> = None;
-    if let Some(ctx) = translation {
+    if let Some(t) = translation {
         // The client gets a body of another length, framed by chunks.
         headers.remove(header::CONTENT_LENGTH);
         if !status.is_success() {
             // Error answers are read whole upstream; give the client its own error shape.
             let body = opened.first.take().unwrap_or_default();
-            let translated = a2o::error(status.as_u16(), &body, &ledger.request_id).to_string();
+            let translated = t.error(status.as_u16(), &body, &ledger.request_id);
             remaining = Some(translated.len() as u64);
             opened.first = Some(Bytes::from(translated));
             headers.insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
             );
-        } else if is_sse {
-            translator = Some(Box::new(a2o::StreamTranslator::new(ctx)));
         } else {
-            translator = Some(Box::new(a2o::JsonTranslator::new(ctx)));
-            headers.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
+            translator = Some(t.translator(is_sse));
+            if !is_sse {
+                headers.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+            }
         }
     }
     let now = tokio::time::Instant::now();

@@ -1,20 +1,24 @@
 //! Translation between the two client APIs, for a client whose format no upstream speaks.
 //!
-//! Passthrough stays the default (it is faster and exact). Today one direction is done:
-//! an Anthropic Messages client in front of an OpenAI-style upstream ([`a2o`]) — requests,
-//! JSON answers, streams (event by event, nothing buffered) and error bodies.
+//! Passthrough stays the default (it is faster and exact). Both directions are done:
+//! an Anthropic Messages client on an OpenAI-style upstream ([`a2o`]) and an OpenAI Chat
+//! Completions client on an Anthropic-style upstream ([`o2a`]) — requests, JSON answers,
+//! streams (event by event, nothing buffered) and error bodies.
 
 pub mod a2o;
+pub mod o2a;
 
 use bytes::Bytes;
 
-use crate::error::Dialect;
+use crate::error::{ApiError, Dialect};
 
 /// Client format → upstream format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Direction {
     /// Anthropic client, OpenAI-style upstream.
     AnthropicToOpenAi,
+    /// OpenAI client, Anthropic-style upstream.
+    OpenAiToAnthropic,
 }
 
 impl Direction {
@@ -22,6 +26,7 @@ impl Direction {
     pub fn between(client: Dialect, upstream: Dialect) -> Option<Direction> {
         match (client, upstream) {
             (Dialect::Anthropic, Dialect::OpenAi) => Some(Direction::AnthropicToOpenAi),
+            (Dialect::OpenAi, Dialect::Anthropic) => Some(Direction::OpenAiToAnthropic),
             _ => None,
         }
     }
@@ -31,6 +36,46 @@ impl Direction {
 pub trait ResponseTranslator: Send {
     /// Bytes for the client from one upstream chunk (possibly none yet).
     fn feed(&mut self, chunk: &[u8]) -> Bytes;
-    /// Bytes for the client once the upstream body has ended.
+    /// Bytes for the client once the upstream body has ended (idempotent).
     fn finish(&mut self) -> Bytes;
+}
+
+/// One request's translation: what its answer needs to be turned back.
+pub enum Translation {
+    A2O(a2o::Context),
+    O2A(o2a::Context),
+}
+
+impl Translation {
+    /// Translates the request body for `direction`.
+    pub fn request(direction: Direction, body: &[u8]) -> Result<(Bytes, Translation), ApiError> {
+        Ok(match direction {
+            Direction::AnthropicToOpenAi => {
+                let (b, c) = a2o::request(body)?;
+                (b, Translation::A2O(c))
+            }
+            Direction::OpenAiToAnthropic => {
+                let (b, c) = o2a::request(body)?;
+                (b, Translation::O2A(c))
+            }
+        })
+    }
+
+    /// An upstream error body in the client's shape.
+    pub fn error(&self, status: u16, body: &[u8], request_id: &str) -> String {
+        match self {
+            Translation::A2O(_) => a2o::error(status, body, request_id).to_string(),
+            Translation::O2A(_) => o2a::error(status, body).to_string(),
+        }
+    }
+
+    /// The translator for a successful answer.
+    pub fn translator(self, is_sse: bool) -> Box<dyn ResponseTranslator> {
+        match (self, is_sse) {
+            (Translation::A2O(c), true) => Box::new(a2o::StreamTranslator::new(c)),
+            (Translation::A2O(c), false) => Box::new(a2o::JsonTranslator::new(c)),
+            (Translation::O2A(c), true) => Box::new(o2a::StreamTranslator::new(c)),
+            (Translation::O2A(c), false) => Box::new(o2a::JsonTranslator::new(c)),
+        }
+    }
 }

@@ -76,17 +76,75 @@ async fn translated_errors_keep_the_status_in_anthropic_shape() {
     assert_eq!(e["type"], "error");
     assert_eq!(e["error"]["type"], "invalid_request_error");
     assert_eq!(e["error"]["code"], "1211");
-    // The other direction is not available yet, and says so.
-    let anthropic_only = start(Opts {
+}
+
+fn anthropic_only() -> Opts {
+    Opts {
         tweak: |raw| raw.upstream.openai_base_url = Some(String::new()),
         ..Opts::default()
-    })
-    .await;
-    let resp = anthropic_only.openai(&openai_body(false)).await;
-    assert_eq!(resp.status(), 501);
-    let e: Value = resp.json().await.expect("json");
-    assert!(e["error"]["message"]
+    }
+}
+
+#[tokio::test]
+async fn an_openai_request_is_answered_from_an_anthropic_upstream() {
+    let env = start(anthropic_only()).await;
+    let resp = env.openai(&openai_body(false)).await;
+    assert_eq!(resp.status(), 200);
+    let c: Value = resp.json().await.expect("json");
+    assert_eq!(c["object"], "chat.completion");
+    assert_eq!(c["choices"][0]["finish_reason"], "stop");
+    assert!(c["choices"][0]["message"]["content"]
         .as_str()
-        .expect("message")
-        .contains("not available yet"));
+        .expect("text")
+        .contains("Hello there"));
+    assert_eq!(c["usage"]["completion_tokens"], 20);
+    let rows = env.usage_rows(1).await;
+    assert_eq!(
+        (rows[0]["api"].as_str(), rows[0]["outcome"].as_str()),
+        (Some("openai"), Some("ok"))
+    );
+    assert_eq!(rows[0]["output_tokens"], 20);
+
+    let mut body = openai_body(false);
+    body["model"] = "gpt-nope".into();
+    let resp = env.openai(&body).await;
+    assert_eq!(resp.status(), 400);
+    let e: Value = resp.json().await.expect("json");
+    assert_eq!(e["error"]["code"], "1211");
+    assert_eq!(e["error"]["type"], "invalid_request_error");
+}
+
+#[tokio::test]
+async fn an_openai_stream_from_an_anthropic_upstream_has_parallel_tools_and_usage() {
+    let env = start(anthropic_only()).await;
+    let mut body = openai_body(true);
+    body["stream_options"] = serde_json::json!({"include_usage": true});
+    body["tools"] = serde_json::json!([
+        {"type": "function", "function": {"name": "a", "parameters": {"type": "object", "properties": {"x": {"type": "string"}}, "required": ["x"]}}},
+        {"type": "function", "function": {"name": "b", "parameters": {"type": "object", "properties": {}}}}
+    ]);
+    let resp = env.openai(&body).await;
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.expect("stream");
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    let chunks: Vec<Value> = data_lines(&text)
+        .into_iter()
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).expect("json"))
+        .collect();
+    let starts: Vec<&Value> = chunks
+        .iter()
+        .filter_map(|c| c.pointer("/choices/0/delta/tool_calls/0"))
+        .filter(|t| t.get("id").is_some())
+        .collect();
+    assert_eq!(starts.len(), 2, "both parallel calls: {text}");
+    assert_eq!(starts[1]["index"], 1);
+    let finish = chunks.iter().find_map(|c| {
+        c.pointer("/choices/0/finish_reason")
+            .and_then(Value::as_str)
+    });
+    assert_eq!(finish, Some("tool_calls"));
+    let last = chunks.last().expect("chunks");
+    assert_eq!(last["choices"], serde_json::json!([]));
+    assert!(last["usage"]["prompt_tokens"].as_u64().expect("n") > 0);
 }

@@ -102,3 +102,8 @@ def gateway():
 @pytest.fixture(scope="session")
 def openai_only_gateway():
     yield from start_gateway("openai")
+
+
+@pytest.fixture(scope="session")
+def anthropic_only_gateway():
+    yield from start_gateway("anthropic")

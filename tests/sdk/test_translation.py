@@ -1,6 +1,10 @@
-"""The official Anthropic SDK against glmgate when the upstream speaks only OpenAI Chat
-Completions: every request and answer is translated, streams event by event."""
+"""The official SDKs across formats: the Anthropic SDK when the upstream speaks only OpenAI
+Chat Completions, and the OpenAI SDK when it speaks only Anthropic Messages. Every request
+and answer is translated, streams event by event."""
+import json
+
 import anthropic
+import openai
 import pytest
 
 MESSAGES = [{"role": "user", "content": "Hello through a translator"}]
@@ -69,3 +73,46 @@ def test_upstream_errors_come_back_in_anthropic_shape(client):
     assert e.value.body["type"] == "error"
     assert e.value.body["error"]["type"] == "invalid_request_error"
     assert e.value.body["error"]["code"] == "1211"
+
+
+# The official OpenAI SDK when the upstream speaks only Anthropic Messages.
+OPENAI_TOOLS = [
+    {"type": "function", "function": {"name": "get_weather", "description": "Weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}},
+    {"type": "function", "function": {"name": "get_time", "parameters": {
+        "type": "object", "properties": {"zone": {"type": "string"}}, "required": ["zone"]}}},
+]
+
+
+@pytest.fixture()
+def oai(anthropic_only_gateway):
+    return openai.OpenAI(base_url=f"{anthropic_only_gateway.base}/v1", api_key=anthropic_only_gateway.key,
+                         max_retries=0)
+
+
+def test_openai_non_stream_on_anthropic_upstream(oai):
+    c = oai.chat.completions.create(model="glm-4.7", messages=[{"role": "user", "content": "Hi from OpenAI"}])
+    assert c.choices[0].finish_reason == "stop"
+    assert "Hi from OpenAI" in c.choices[0].message.content
+    assert c.usage.completion_tokens == 20 and c.usage.prompt_tokens > 0
+
+
+def test_openai_stream_parallel_tools_and_usage_on_anthropic_upstream(oai):
+    stream = oai.chat.completions.create(
+        model="glm-4.7", messages=[{"role": "user", "content": "Weather and time?"}],
+        tools=OPENAI_TOOLS, stream=True, stream_options={"include_usage": True})
+    calls, finish, usage = {}, None, None
+    for chunk in stream:
+        if chunk.usage:
+            usage = chunk.usage
+        for choice in chunk.choices:
+            for tc in choice.delta.tool_calls or []:
+                entry = calls.setdefault(tc.index, {"id": None, "name": "", "args": ""})
+                entry["id"] = tc.id or entry["id"]
+                entry["name"] += (tc.function.name or "") if tc.function else ""
+                entry["args"] += (tc.function.arguments or "") if tc.function else ""
+            finish = choice.finish_reason or finish
+    assert finish == "tool_calls"
+    assert sorted(c["name"] for c in calls.values()) == ["get_time", "get_weather"]
+    assert json.loads(calls[0]["args"]) == {"city": "mock"}
+    assert usage is not None and usage.completion_tokens > 0 and usage.prompt_tokens > 0
