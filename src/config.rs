@@ -60,6 +60,8 @@ pub struct RawProvider {
     pub openai_base_url: Option<String>,
     pub anthropic_base_url: Option<String>,
     pub anthropic_auth: AnthropicAuth,
+    /// Ask the Anthropic-style API for `count_tokens` (else counted locally).
+    pub count_tokens_upstream: bool,
     pub accounts: Vec<RawAccount>,
 }
 
@@ -139,6 +141,7 @@ pub struct RawUpstream {
     pub anthropic_base_url: Option<String>,
     pub keys: Vec<String>,
     pub anthropic_auth: AnthropicAuth,
+    pub count_tokens_upstream: bool,
     pub connect_timeout_secs: u64,
     pub first_byte_timeout_secs: u64,
     pub idle_timeout_secs: u64,
@@ -260,6 +263,7 @@ impl Default for RawUpstream {
             anthropic_base_url: None,
             keys: Vec::new(),
             anthropic_auth: AnthropicAuth::Bearer,
+            count_tokens_upstream: false,
             connect_timeout_secs: 10,
             first_byte_timeout_secs: 600,
             idle_timeout_secs: 300,
@@ -416,6 +420,7 @@ pub struct ProviderSettings {
     /// Base of the Anthropic-style API (`…/v1/messages` is appended), if any.
     pub anthropic_base: Option<Url>,
     pub anthropic_auth: AnthropicAuth,
+    pub count_tokens_upstream: bool,
     pub accounts: Vec<AccountSettings>,
 }
 
@@ -667,6 +672,7 @@ fn upstream_settings(
             openai_base,
             anthropic_base,
             anthropic_auth: up.anthropic_auth,
+            count_tokens_upstream: up.count_tokens_upstream,
             accounts,
         });
     } else {
@@ -720,6 +726,7 @@ fn upstream_settings(
                 openai_base,
                 anthropic_base,
                 anthropic_auth: p.anthropic_auth,
+                count_tokens_upstream: p.count_tokens_upstream,
                 accounts,
             });
         }

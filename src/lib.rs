@@ -30,5 +30,6 @@ pub mod request;
 pub mod route;
 pub mod routes;
 pub mod store;
+pub mod tokens;
 pub mod translate;
 pub mod upstream;

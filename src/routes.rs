@@ -31,6 +31,7 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
                 proxy::handle(s, Dialect::Anthropic, req)
             }),
         )
+        .route("/v1/messages/count_tokens", post(count_tokens))
         .route("/v1/models", get(models))
         .route("/stats", get(stats))
         .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
@@ -197,5 +198,51 @@ async fn admin_reload(State(state): State<Arc<AppState>>, headers: HeaderMap) ->
             Json(json!({"error": {"type": "invalid_config", "message": format!("{e:#}")}})),
         )
             .into_response(),
+    }
+}
+
+/// `POST /v1/messages/count_tokens` (Anthropic shape): from the upstream when a provider is
+/// configured for it, else a local estimate (see [`crate::tokens`]).
+async fn count_tokens(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    let request_id = new_request_id();
+    let (parts, body) = req.into_parts();
+    let fail = |e: ApiError| e.render(Dialect::Anthropic, &request_id);
+    if let Err(e) = state.auth.authenticate(&parts.headers, &parts.uri).await {
+        return fail(e);
+    }
+    let body = match crate::request::read_body(body, state.settings.max_body_bytes).await {
+        Ok(b) => b,
+        Err(e) => return fail(e),
+    };
+    let value: serde_json::Value = match serde_json::from_slice(&body) {
+        Ok(v @ serde_json::Value::Object(_)) => v,
+        _ => {
+            return fail(ApiError::bad_request(
+                "the body must be a JSON object",
+                None,
+            ))
+        }
+    };
+    if !value["messages"].is_array() {
+        return fail(ApiError::bad_request(
+            "`messages` is required and must be an array",
+            Some("messages".into()),
+        ));
+    }
+    if let Some(answer) = state.upstream.count_tokens(&parts.headers, body).await {
+        return (
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            answer,
+        )
+            .into_response();
+    }
+    let counted = tokio::task::spawn_blocking(move || crate::tokens::estimate(&value)).await;
+    match counted {
+        Ok(n) => (
+            [("x-glmgate-token-count", "estimate")],
+            Json(json!({"input_tokens": n})),
+        )
+            .into_response(),
+        Err(e) => fail(ApiError::Internal(format!("token count: {e}"))),
     }
 }

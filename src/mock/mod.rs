@@ -129,6 +129,11 @@ pub fn router(options: MockOptions) -> axum::Router {
         .route("/v1/chat/completions", openai)
         .route("/api/anthropic/v1/messages", anthropic.clone())
         .route("/v1/messages", anthropic)
+        .route(
+            "/api/anthropic/v1/messages/count_tokens",
+            post(count_tokens),
+        )
+        .route("/v1/messages/count_tokens", post(count_tokens))
         .route("/_mock/stats", get(stats))
         .route(crate::upstream::quota::QUOTA_PATH, get(quota))
         .with_state(mock)
@@ -149,6 +154,19 @@ pub async fn spawn(options: MockOptions) -> std::io::Result<SocketAddr> {
         }
     });
     Ok(addr)
+}
+
+/// Anthropic's `count_tokens`, counted as the mock counts prompts (body size / 4).
+async fn count_tokens(headers: HeaderMap, body: Bytes) -> Response {
+    if header_str(&headers, "authorization").is_empty()
+        && header_str(&headers, "x-api-key").is_empty()
+    {
+        return error_response(Dialect::Anthropic, 401, "1001", &render::new_id());
+    }
+    json_response(
+        StatusCode::OK,
+        json!({"input_tokens": (body.len() / 4).max(1)}).to_string(),
+    )
 }
 
 /// Z.AI's plan quota monitor: the share used (from the key's `quota-used=PCT` fault, else

@@ -103,6 +103,45 @@ impl Upstream {
         &self.client
     }
 
+    /// Asks a provider configured for it to count tokens; `None` when none is, or it
+    /// fails (the caller then counts locally).
+    pub async fn count_tokens(&self, client_headers: &HeaderMap, body: Bytes) -> Option<Bytes> {
+        let (provider, key) = self.pool().count_tokens_target()?;
+        let url = provider.count_tokens.clone()?;
+        let mut req = self
+            .client
+            .post(url)
+            .header(header::CONTENT_TYPE, "application/json")
+            .timeout(Duration::from_secs(30))
+            .body(body);
+        for name in ANTHROPIC_FORWARDED {
+            if let Some(v) = client_headers.get(*name) {
+                req = req.header(*name, v);
+            }
+        }
+        if !client_headers.contains_key("anthropic-version") {
+            req = req.header("anthropic-version", DEFAULT_ANTHROPIC_VERSION);
+        }
+        req = match provider.anthropic_auth {
+            AnthropicAuth::Bearer => req.bearer_auth(key.secret.expose()),
+            AnthropicAuth::XApiKey => req.header("x-api-key", key.secret.expose()),
+        };
+        match req.send().await {
+            Ok(r) if r.status().is_success() => r.bytes().await.ok(),
+            Ok(r) => {
+                tracing::debug!(
+                    status = r.status().as_u16(),
+                    "upstream count_tokens refused; counting locally"
+                );
+                None
+            }
+            Err(e) => {
+                tracing::debug!(error = %e.without_url(), "upstream count_tokens failed; counting locally");
+                None
+            }
+        }
+    }
+
     /// The current pool (for listings and checks).
     pub fn pool(&self) -> Arc<Pool> {
         self.pool.load_full()

@@ -31,6 +31,8 @@ pub struct Provider {
     pub openai: Option<Url>,
     pub anthropic: Option<Url>,
     pub anthropic_auth: AnthropicAuth,
+    /// `{anthropic base}/v1/messages/count_tokens`, when the provider is asked for counts.
+    pub count_tokens: Option<Url>,
 }
 
 impl Provider {
@@ -319,6 +321,11 @@ impl Pool {
                     .as_ref()
                     .and_then(|b| join(b, "/v1/messages")),
                 anthropic_auth: p.anthropic_auth,
+                count_tokens: p
+                    .anthropic_base
+                    .as_ref()
+                    .filter(|_| p.count_tokens_upstream)
+                    .and_then(|b| join(b, "/v1/messages/count_tokens")),
             });
             providers.push(provider.clone());
             for a in &p.accounts {
@@ -753,6 +760,14 @@ impl Pool {
             .collect()
     }
 
+    /// A provider asked for token counts, with a usable key.
+    pub fn count_tokens_target(&self) -> Option<(Arc<Provider>, Arc<Key>)> {
+        self.quota_targets()
+            .into_iter()
+            .find(|(_, p, _)| p.count_tokens.is_some())
+            .map(|(_, p, k)| (p, k))
+    }
+
     pub fn set_quota(&self, account: &str, reading: QuotaReading) {
         if let Some(a) = self.accounts.iter().find(|a| a.id.as_ref() == account) {
             a.state.lock().quota = Some(reading);
@@ -1055,6 +1070,7 @@ mod tests {
             openai_base: Url::parse("http://127.0.0.1:9/v4").ok(),
             anthropic_base: None,
             anthropic_auth: AnthropicAuth::Bearer,
+            count_tokens_upstream: false,
             accounts: accounts
                 .iter()
                 .map(|(name, keys, max)| AccountSettings {

@@ -148,3 +148,48 @@ async fn an_openai_stream_from_an_anthropic_upstream_has_parallel_tools_and_usag
     assert_eq!(last["choices"], serde_json::json!([]));
     assert!(last["usage"]["prompt_tokens"].as_u64().expect("n") > 0);
 }
+
+#[tokio::test]
+async fn count_tokens_is_local_by_default_and_from_the_upstream_when_configured() {
+    let body = serde_json::json!({
+        "model": "glm-4.7",
+        "system": "You are terse.",
+        "messages": [{"role": "user", "content": "Count these words for me, please."}],
+    });
+    let count = |env: &Env| {
+        env.http
+            .post(env.url("/v1/messages/count_tokens"))
+            .header("x-api-key", &env.key)
+            .header("anthropic-version", "2023-06-01")
+            .json(&body)
+            .send()
+    };
+    let env = start(openai_only()).await;
+    let resp = count(&env).await.expect("sent");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-glmgate-token-count"], "estimate");
+    let n: Value = resp.json().await.expect("json");
+    let n = n["input_tokens"].as_u64().expect("count");
+    assert!((10..=40).contains(&n), "{n}");
+    assert_eq!(env.mock_stats().await["requests"], 0, "counted locally");
+    let resp = env
+        .http
+        .post(env.url("/v1/messages/count_tokens"))
+        .json(&body)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(resp.status(), 401);
+
+    let upstream = start(Opts {
+        tweak: |raw| raw.upstream.count_tokens_upstream = true,
+        ..Opts::default()
+    })
+    .await;
+    let resp = count(&upstream).await.expect("sent");
+    assert_eq!(resp.status(), 200);
+    assert!(!resp.headers().contains_key("x-glmgate-token-count"));
+    let n: Value = resp.json().await.expect("json");
+    // The mock counts a quarter of the body's bytes.
+    assert_eq!(n["input_tokens"], body.to_string().len() / 4);
+}

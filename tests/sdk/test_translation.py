@@ -116,3 +116,9 @@ def test_openai_stream_parallel_tools_and_usage_on_anthropic_upstream(oai):
     assert sorted(c["name"] for c in calls.values()) == ["get_time", "get_weather"]
     assert json.loads(calls[0]["args"]) == {"city": "mock"}
     assert usage is not None and usage.completion_tokens > 0 and usage.prompt_tokens > 0
+
+
+def test_count_tokens(client):
+    r = client.messages.count_tokens(model="glm-4.7", messages=MESSAGES, tools=TOOLS,
+                                     system="You are terse.")
+    assert 20 < r.input_tokens < 200
