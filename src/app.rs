@@ -24,6 +24,7 @@ pub struct AppState {
     pub settings: Settings,
     pub store: Store,
     pub auth: Authenticator,
+    pub router: crate::route::Router,
     pub upstream: Arc<Upstream>,
     pub recorder: Arc<Recorder>,
 }
@@ -42,6 +43,7 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<(Arc<AppState>, R
     tokio::spawn(save_limits(store.clone(), limits_rx));
     let state = AppState {
         auth: Authenticator::new(store.clone(), settings.key_cache_ttl),
+        router: crate::route::Router::new(&settings.aliases),
         upstream: Arc::new(Upstream::new(&settings.upstream, &restored, limits_tx)?),
         store,
         recorder,

@@ -38,12 +38,43 @@ pub struct RawConfig {
     pub accounting: RawAccounting,
     pub log: RawLog,
     pub admin: RawAdmin,
+    pub routing: RawRouting,
     /// Upstream providers, each with accounts and their keys. When empty, the `[upstream]`
     /// shorthand (`preset`, base URLs, `keys`, `ZAI_API_KEY`) makes one provider.
     pub providers: Vec<RawProvider>,
     /// Model ids served by `GET /v1/models`.
     pub models: Option<Vec<String>>,
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRouting {
+    /// Model aliases, first match wins; `*` matches any run of characters (case-insensitive).
+    pub aliases: Vec<RawAlias>,
+    /// Append the shipped aliases that make Claude Code work against GLM out of the box.
+    pub default_aliases: bool,
+}
+
+impl Default for RawRouting {
+    fn default() -> Self {
+        RawRouting {
+            aliases: Vec::new(),
+            default_aliases: true,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RawAlias {
+    pub from: String,
+    pub to: String,
+}
+
+/// Claude Code asks for Claude models; Z.AI's own Claude Code setup maps Opus and Sonnet to
+/// GLM-4.7 and Haiku to GLM-4.5-Air.
+pub const DEFAULT_ALIASES: &[(&str, &str)] =
+    &[("claude-*haiku*", "glm-4.5-air"), ("claude-*", "glm-4.7")];
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -387,6 +418,8 @@ pub struct Settings {
     pub key_cache_ttl: Duration,
     pub upstream: UpstreamSettings,
     pub admin_token: Option<Secret>,
+    /// Model aliases in order (configured, then the shipped defaults unless turned off).
+    pub aliases: Vec<RawAlias>,
     /// The file these settings came from (reloads read it again).
     pub source: Option<PathBuf>,
     pub accounting: AccountingSettings,
@@ -562,6 +595,19 @@ pub fn validate(raw: RawConfig, env_keys: Option<&str>) -> anyhow::Result<Settin
             .token
             .filter(|t| !t.trim().is_empty())
             .map(Secret::new),
+        aliases: {
+            let mut a = raw.routing.aliases;
+            if let Some(bad) = a.iter().find(|a| a.from.is_empty() || a.to.is_empty()) {
+                bail!("routing.aliases: `from` and `to` must not be empty ({bad:?})");
+            }
+            if raw.routing.default_aliases {
+                a.extend(DEFAULT_ALIASES.iter().map(|(f, t)| RawAlias {
+                    from: f.to_string(),
+                    to: t.to_string(),
+                }));
+            }
+            a
+        },
         source: None,
         accounting: AccountingSettings {
             flush_interval: Duration::from_millis(raw.accounting.flush_interval_ms.max(10)),

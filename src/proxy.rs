@@ -26,7 +26,6 @@ use crate::config::Policy;
 use crate::error::{ApiError, Dialect};
 use crate::meter::{Meter, Usage};
 use crate::request::{self, RequestHead};
-use crate::route;
 use crate::translate::{ResponseTranslator, Translation};
 use crate::upstream::pool::Permit;
 use crate::upstream::{BodyStream, Opened};
@@ -75,8 +74,16 @@ async fn run(
     let key = state.auth.authenticate(&parts.headers, &parts.uri).await?;
     let body = request::read_body(body, state.settings.max_body_bytes).await?;
     let head = request::parse_head(dialect, &body)?;
-    let route = route::route(&state.upstream.pool(), dialect, &head)?;
+    let mut head = head;
+    let route = state.router.route(&state.upstream.pool(), dialect, &head)?;
     let request_bytes = body.len();
+    let body = if route.model != head.model {
+        let body = request::set_model(&body, &route.model)?;
+        head.model = route.model.clone();
+        body
+    } else {
+        body
+    };
     let (body, translation) = match route.translate {
         None => (body, None),
         Some(direction) => {

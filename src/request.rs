@@ -133,6 +133,29 @@ fn strip_position(text: &str) -> String {
     }
 }
 
+/// `body` with its top-level `model` replaced, every other byte kept as it was.
+pub fn set_model(body: &Bytes, model: &str) -> Result<Bytes, ApiError> {
+    let fields: std::collections::HashMap<String, &serde_json::value::RawValue> =
+        serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}"), None))?;
+    let Some(raw) = fields.get("model") else {
+        return Err(ApiError::bad_request(
+            "`model` is required",
+            Some("model".into()),
+        ));
+    };
+    // The raw value borrows from `body`: its offset is where it sits in the buffer.
+    let start = raw.get().as_ptr() as usize - body.as_ptr() as usize;
+    let end = start + raw.get().len();
+    let quoted =
+        serde_json::to_string(model).map_err(|e| ApiError::Internal(format!("model name: {e}")))?;
+    let mut out = bytes::BytesMut::with_capacity(body.len() + quoted.len());
+    out.extend_from_slice(body.get(..start).unwrap_or_default());
+    out.extend_from_slice(quoted.as_bytes());
+    out.extend_from_slice(body.get(end..).unwrap_or_default());
+    Ok(out.freeze())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,5 +221,17 @@ mod tests {
         assert!(m.contains("not valid JSON"), "{m}");
         let (m, _) = err(Dialect::OpenAi, r#"[1,2]"#);
         assert!(m.contains("JSON object"), "{m}");
+    }
+
+    #[test]
+    fn set_model_changes_only_the_model() {
+        let body = Bytes::from_static(
+            br#"{"messages":[{"role":"user","content":"model \"x\""}], "model" : "claude-x","stream":true}"#,
+        );
+        let out = super::set_model(&body, "glm-4.7").expect("rewritten");
+        assert_eq!(
+            std::str::from_utf8(&out).expect("utf8"),
+            r#"{"messages":[{"role":"user","content":"model \"x\""}], "model" : "glm-4.7","stream":true}"#
+        );
     }
 }

@@ -3,18 +3,102 @@
 //! which account and key is the scheduler's job ([`crate::upstream`]). Model aliases and
 //! tiers plug in here later.
 
+use crate::config::RawAlias;
 use crate::error::{ApiError, Dialect};
 use crate::request::RequestHead;
 use crate::translate::Direction;
 use crate::upstream::pool::Pool;
 
 /// Where one request will be sent.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Route {
     /// The format spoken to the upstream.
     pub dialect: Dialect,
     /// Set when that is not the client's format.
     pub translate: Option<Direction>,
+    /// The model asked of the upstream.
+    pub model: String,
+    /// The alias pattern that chose it, if one did.
+    pub alias: Option<String>,
+}
+
+/// Model aliases, compiled from the config.
+#[derive(Debug, Clone, Default)]
+pub struct Router {
+    aliases: Vec<(String, String)>,
+}
+
+/// `*` matches any run of characters; ASCII case is ignored.
+pub fn glob(pattern: &str, text: &str) -> bool {
+    let (p, t) = (pattern.as_bytes(), text.as_bytes());
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && p[pi] == b'*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if pi < p.len() && p[pi].eq_ignore_ascii_case(&t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|b| *b == b'*')
+}
+
+/// Claude Code's client-side `[1m]` selector sometimes leaks into the model id.
+fn strip_1m(model: &str) -> &str {
+    let mut m = model.trim();
+    while m.len() >= 4 && m[m.len() - 4..].eq_ignore_ascii_case("[1m]") {
+        m = m[..m.len() - 4].trim_end();
+    }
+    m
+}
+
+impl Router {
+    pub fn new(aliases: &[RawAlias]) -> Router {
+        Router {
+            aliases: aliases
+                .iter()
+                .map(|a| (a.from.clone(), a.to.clone()))
+                .collect(),
+        }
+    }
+
+    /// The model to ask the upstream for, and the alias pattern that chose it.
+    pub fn resolve(&self, requested: &str) -> (String, Option<&str>) {
+        let model = strip_1m(requested);
+        if let Some((from, to)) = self.aliases.iter().find(|(from, _)| glob(from, model)) {
+            return (to.clone(), Some(from.as_str()));
+        }
+        // GLM ids are case-insensitive in practice; the docs write `GLM-4.7`.
+        if model.len() >= 4 && model[..4].eq_ignore_ascii_case("glm-") {
+            return (model.to_ascii_lowercase(), None);
+        }
+        (model.to_string(), None)
+    }
+
+    pub fn route(
+        &self,
+        pool: &Pool,
+        dialect: Dialect,
+        head: &RequestHead,
+    ) -> Result<Route, ApiError> {
+        let (model, alias) = self.resolve(&head.model);
+        let alias = alias.map(str::to_string);
+        let (dialect, translate) = format_for(pool, dialect)?;
+        Ok(Route {
+            dialect,
+            translate,
+            model,
+            alias,
+        })
+    }
 }
 
 fn name(d: Dialect) -> &'static str {
@@ -24,22 +108,18 @@ fn name(d: Dialect) -> &'static str {
     }
 }
 
-pub fn route(pool: &Pool, dialect: Dialect, _head: &RequestHead) -> Result<Route, ApiError> {
+/// The upstream format for a client format: its own when spoken, else the other one
+/// through a translator.
+fn format_for(pool: &Pool, dialect: Dialect) -> Result<(Dialect, Option<Direction>), ApiError> {
     if pool.speaks(dialect) {
-        return Ok(Route {
-            dialect,
-            translate: None,
-        });
+        return Ok((dialect, None));
     }
     let other = match dialect {
         Dialect::OpenAi => Dialect::Anthropic,
         Dialect::Anthropic => Dialect::OpenAi,
     };
     match Direction::between(dialect, other) {
-        Some(d) if pool.speaks(other) => Ok(Route {
-            dialect: other,
-            translate: Some(d),
-        }),
+        Some(d) if pool.speaks(other) => Ok((other, Some(d))),
         Some(_) => Err(ApiError::NoUpstream(format!(
             "this gateway has no upstream that speaks the {} or {} API",
             name(dialect),
@@ -51,5 +131,39 @@ pub fn route(pool: &Pool, dialect: Dialect, _head: &RequestHead) -> Result<Route
             name(dialect),
             name(other)
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs_match_case_insensitively() {
+        assert!(glob("claude-*haiku*", "claude-haiku-4-5-20251001"));
+        assert!(glob("claude-*haiku*", "Claude-3-5-Haiku"));
+        assert!(!glob("claude-*haiku*", "claude-sonnet-4-5"));
+        assert!(glob("gpt-4o*", "gpt-4o"));
+        assert!(glob("*", ""));
+        assert!(!glob("a*b", "acbx"));
+        assert!(glob("a*b*c", "aXXbYYc"));
+    }
+
+    #[test]
+    fn defaults_make_claude_code_work_and_ids_are_normalised() {
+        let settings = crate::config::validate(Default::default(), None).expect("defaults");
+        let r = Router::new(&settings.aliases);
+        assert_eq!(r.resolve("claude-sonnet-4-6").0, "glm-4.7");
+        assert_eq!(r.resolve("claude-opus-4-7[1m]").0, "glm-4.7");
+        let (m, alias) = r.resolve("claude-haiku-4-5-20251001");
+        assert_eq!((m.as_str(), alias), ("glm-4.5-air", Some("claude-*haiku*")));
+        assert_eq!(r.resolve("GLM-4.7").0, "glm-4.7");
+        assert_eq!(r.resolve("glm-5.3[1m]").0, "glm-5.3");
+        assert_eq!(r.resolve("custom-model").0, "custom-model");
+        let mine = Router::new(&[RawAlias {
+            from: "claude-*".into(),
+            to: "glm-5".into(),
+        }]);
+        assert_eq!(mine.resolve("claude-sonnet-4-6").0, "glm-5");
     }
 }

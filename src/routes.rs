@@ -38,6 +38,7 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
         .route("/ready", get(ready))
         .route("/admin/upstreams", get(admin_upstreams))
         .route("/admin/reload", post(admin_reload))
+        .route("/admin/routing/explain", get(admin_explain))
         .route(
             "/api/event_logging/{*rest}",
             any(|| async { StatusCode::NO_CONTENT }),
@@ -244,5 +245,59 @@ async fn count_tokens(State(state): State<Arc<AppState>>, req: Request) -> Respo
         )
             .into_response(),
         Err(e) => fail(ApiError::Internal(format!("token count: {e}"))),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct ExplainQuery {
+    model: String,
+    /// `openai` or `anthropic` (the client's API); default `anthropic`.
+    api: Option<String>,
+}
+
+/// `GET /admin/routing/explain?api=anthropic&model=claude-sonnet-4-6`: the model the request
+/// would be sent as (and which alias chose it), the upstream format (passthrough or
+/// translation), and, account by account, whether it could take the request now and why.
+async fn admin_explain(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    query: Result<axum::extract::Query<ExplainQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    if let Some(r) = admin_refusal(&state, &headers) {
+        return r;
+    }
+    let Ok(axum::extract::Query(q)) = query else {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": {"type": "invalid_request", "message": "use ?model=<id>[&api=openai|anthropic]"}})),
+        )
+            .into_response();
+    };
+    let dialect = match q.api.as_deref() {
+        Some("openai") => Dialect::OpenAi,
+        _ => Dialect::Anthropic,
+    };
+    let pool = state.upstream.pool();
+    let head = crate::request::RequestHead {
+        model: q.model.clone(),
+        stream: false,
+    };
+    match state.router.route(&pool, dialect, &head) {
+        Ok(route) => Json(json!({
+            "requested_model": q.model,
+            "model": route.model,
+            "alias": route.alias,
+            "client_api": dialect.as_str(),
+            "upstream_api": route.dialect.as_str(),
+            "translation": route.translate.map(|d| format!("{d:?}")),
+            "upstreams": pool.explain(route.dialect, &route.model),
+        }))
+        .into_response(),
+        Err(e) => Json(json!({
+            "requested_model": q.model,
+            "client_api": dialect.as_str(),
+            "error": e.to_string(),
+        }))
+        .into_response(),
     }
 }

@@ -774,6 +774,41 @@ impl Pool {
         }
     }
 
+    /// What a request for `model` in `dialect` would get now, account by account, without
+    /// taking a slot (for `/admin/routing/explain`).
+    pub fn explain(&self, dialect: Dialect, model: &str) -> Value {
+        let now = Instant::now();
+        let mut rows = Vec::new();
+        let mut best: Option<(f64, Arc<str>, Arc<str>)> = None;
+        for a in &self.accounts {
+            if a.provider.endpoint(dialect).is_none() {
+                rows.push(json!({"account": a.id.as_ref(), "eligible": false,
+                                 "why": "its provider does not speak this API format"}));
+                continue;
+            }
+            let mut rt = a.state.lock();
+            let eval = self.evaluate(a, &mut rt, model, &[], now);
+            let row = match eval {
+                Eval::Candidate { score, key } => {
+                    let label = a.keys[key].label.clone();
+                    if best.as_ref().is_none_or(|b| score < b.0) {
+                        best = Some((score, a.id.clone(), label.clone()));
+                    }
+                    json!({"account": a.id.as_ref(), "eligible": true, "key": label.as_ref(),
+                           "score": (score * 1000.0).round() / 1000.0,
+                           "why": "has room; lower score is preferred"})
+                }
+                _ => json!({"account": a.id.as_ref(), "eligible": false,
+                            "why": rt.decision.as_str()}),
+            };
+            rows.push(row);
+        }
+        json!({
+            "accounts": rows,
+            "would_pick": best.map(|(_, account, key)| json!({"account": account.as_ref(), "key": key.as_ref()})),
+        })
+    }
+
     /// Every learned limit, to store on shutdown: `(account, model, limit)`.
     pub fn learned_limits(&self) -> Vec<(Arc<str>, String, f64)> {
         let mut out = Vec::new();

@@ -469,3 +469,50 @@ async fn a_full_account_queues_then_answers_429_with_retry_after() {
     // Once the slow ones are done, capacity is back.
     assert_eq!(env.openai(&openai_body(false)).await.status(), 200);
 }
+
+#[tokio::test]
+async fn claude_model_names_are_routed_to_glm_and_explained() {
+    let rest = format!(
+        "[routing]\naliases = [{{ from = \"gpt-4o*\", to = \"glm-4.5-air\" }}]\n{}",
+        two_accounts(
+            "keys = [\"k1\"]\nmodels = [\"glm-4.7\"]",
+            "keys = [\"k2\"]"
+        )
+    );
+    let (env, _) = start_file(MockOptions::default(), &rest).await;
+    let mut body = anthropic_body(false);
+    body["model"] = "claude-sonnet-4-6[1m]".into();
+    let resp = env.anthropic(&body).await;
+    assert_eq!(resp.status(), 200);
+    let m: Value = resp.json().await.expect("json");
+    assert_eq!(m["model"], "glm-4.7", "the upstream was asked for glm-4.7");
+    let mut body = openai_body(false);
+    body["model"] = "gpt-4o-mini".into();
+    let c: Value = env.openai(&body).await.json().await.expect("json");
+    assert_eq!(c["model"], "glm-4.5-air");
+    let rows = env.usage_rows(2).await;
+    assert_eq!(rows[0]["model"], "glm-4.7");
+    assert_eq!(rows[1]["model"], "glm-4.5-air");
+
+    let explain = env
+        .admin("/admin/routing/explain?api=anthropic&model=claude-haiku-4-5")
+        .await;
+    assert_eq!(explain["model"], "glm-4.5-air");
+    assert_eq!(explain["alias"], "claude-*haiku*");
+    assert_eq!(explain["upstream_api"], "anthropic");
+    let accounts = explain["upstreams"]["accounts"]
+        .as_array()
+        .expect("accounts");
+    let a = accounts
+        .iter()
+        .find(|r| r["account"] == "zai/a")
+        .expect("a");
+    assert_eq!(a["eligible"], false);
+    assert!(a["why"].as_str().expect("why").contains("plan"), "{a}");
+    let b = accounts
+        .iter()
+        .find(|r| r["account"] == "zai/b")
+        .expect("b");
+    assert_eq!(b["eligible"], true, "{explain}");
+    assert_eq!(explain["upstreams"]["would_pick"]["account"], "zai/b");
+}
