@@ -79,3 +79,6 @@ impl Translation {
         }
     }
 }
+
+#[cfg(test)]
+mod roundtrip;

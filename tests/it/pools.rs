@@ -474,10 +474,7 @@ async fn a_full_account_queues_then_answers_429_with_retry_after() {
 async fn claude_model_names_are_routed_to_glm_and_explained() {
     let rest = format!(
         "[routing]\naliases = [{{ from = \"gpt-4o*\", to = \"glm-4.5-air\" }}]\n{}",
-        two_accounts(
-            "keys = [\"k1\"]\nmodels = [\"glm-4.7\"]",
-            "keys = [\"k2\"]"
-        )
+        two_accounts("keys = [\"k1\"]\nmodels = [\"glm-4.7\"]", "keys = [\"k2\"]")
     );
     let (env, _) = start_file(MockOptions::default(), &rest).await;
     let mut body = anthropic_body(false);
