@@ -260,7 +260,7 @@ proptest! {
         }
         out.extend_from_slice(&o.finish());
         let text = String::from_utf8_lossy(&out).to_string();
-        let last = text.lines().filter(|l| !l.is_empty()).next_back().unwrap_or_default().to_string();
+        let last = text.lines().rfind(|l| !l.is_empty()).unwrap_or_default().to_string();
         prop_assert!(last == "data: [DONE]" || last.starts_with("data: {\"error\""), "{}", text);
         for line in text.lines().filter_map(|l| l.strip_prefix("data: ")).filter(|d| *d != "[DONE]") {
             prop_assert!(serde_json::from_str::<Value>(line).is_ok(), "{}", line);
