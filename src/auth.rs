@@ -40,16 +40,43 @@ pub fn generate_key() -> (String, String, String) {
     (secret, hash, prefix)
 }
 
+/// Model rules of a client key.
+#[derive(Clone, Debug, Default)]
+pub struct KeyModels {
+    /// Allowed models: comma-separated patterns (`*` wildcard); `None` = any.
+    pub allowed: Option<String>,
+    /// Replaces the model the client asks for.
+    pub force: Option<String>,
+}
+
 /// Creates and stores a key; the secret is returned once and never stored.
 pub async fn create_key(
     store: &Store,
     name: &str,
     expires_at: Option<i64>,
 ) -> anyhow::Result<(KeyRow, String)> {
+    create_key_with(store, name, expires_at, KeyModels::default()).await
+}
+
+/// [`create_key`] with model rules.
+pub async fn create_key_with(
+    store: &Store,
+    name: &str,
+    expires_at: Option<i64>,
+    models: KeyModels,
+) -> anyhow::Result<(KeyRow, String)> {
     let (secret, hash, prefix) = generate_key();
     let now = chrono::Utc::now().timestamp();
     let id = store
-        .insert_key(name, &hash, &prefix, now, expires_at)
+        .insert_key(
+            name,
+            &hash,
+            &prefix,
+            now,
+            expires_at,
+            models.allowed.as_deref(),
+            models.force.as_deref(),
+        )
         .await?;
     let row = KeyRow {
         id,
@@ -58,6 +85,8 @@ pub async fn create_key(
         created_at: now,
         expires_at,
         revoked_at: None,
+        models: models.allowed,
+        force_model: models.force,
     };
     Ok((row, secret))
 }

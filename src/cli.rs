@@ -78,6 +78,13 @@ enum KeysAction {
         /// Expiry: `YYYY-MM-DD` (midnight UTC) or an RFC 3339 timestamp.
         #[arg(long)]
         expires: Option<String>,
+        /// Models this key may use: comma-separated patterns, `*` as wildcard
+        /// (checked after aliases), e.g. `glm-4.7,glm-4.5*`.
+        #[arg(long)]
+        models: Option<String>,
+        /// A model that replaces whatever the client asks for.
+        #[arg(long)]
+        force_model: Option<String>,
     },
     /// List keys (prefixes only; secrets are not stored).
     List {
@@ -202,9 +209,19 @@ fn date(ts: Option<i64>) -> String {
 async fn keys(settings: &Settings, action: KeysAction) -> anyhow::Result<()> {
     let store = Store::open(&settings.store_path).await?;
     match action {
-        KeysAction::Create { name, expires } => {
+        KeysAction::Create {
+            name,
+            expires,
+            models,
+            force_model,
+        } => {
             let expires_at = expires.as_deref().map(parse_expiry).transpose()?;
-            let (row, secret) = crate::auth::create_key(&store, &name, expires_at).await?;
+            let rules = crate::auth::KeyModels {
+                allowed: models.filter(|m| !m.trim().is_empty()),
+                force: force_model.filter(|m| !m.trim().is_empty()),
+            };
+            let (row, secret) =
+                crate::auth::create_key_with(&store, &name, expires_at, rules).await?;
             println!("{secret}");
             eprintln!(
                 "created key {} (id {}, prefix {}); the secret above is shown only once",

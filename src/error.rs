@@ -50,6 +50,8 @@ pub enum ApiError {
     NoUpstream(String),
     #[error("the gateway has no upstream API key configured (upstream.keys, ZAI_API_KEY or [[providers.accounts]])")]
     NoUpstreamKey,
+    #[error("this API key may not use model `{0}`")]
+    ModelNotAllowed(String),
     #[error("{message}")]
     QuotaExhausted {
         message: String,
@@ -86,7 +88,9 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::MissingKey | ApiError::InvalidKey => StatusCode::UNAUTHORIZED,
-            ApiError::RevokedKey | ApiError::ExpiredKey(_) => StatusCode::FORBIDDEN,
+            ApiError::RevokedKey | ApiError::ExpiredKey(_) | ApiError::ModelNotAllowed(_) => {
+                StatusCode::FORBIDDEN
+            }
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
@@ -128,6 +132,7 @@ impl ApiError {
             ApiError::InvalidKey => ("invalid_request_error", "invalid_api_key"),
             ApiError::RevokedKey => ("permission_error", "api_key_revoked"),
             ApiError::ExpiredKey(_) => ("permission_error", "api_key_expired"),
+            ApiError::ModelNotAllowed(_) => ("permission_error", "model_not_allowed"),
             ApiError::BadRequest { .. } => ("invalid_request_error", "invalid_request"),
             ApiError::TooLarge(_) => ("invalid_request_error", "request_too_large"),
             ApiError::NotFound { .. } => ("invalid_request_error", "unknown_url"),
@@ -147,7 +152,9 @@ impl ApiError {
     fn anthropic_type(&self) -> &'static str {
         match self {
             ApiError::MissingKey | ApiError::InvalidKey => "authentication_error",
-            ApiError::RevokedKey | ApiError::ExpiredKey(_) => "permission_error",
+            ApiError::RevokedKey | ApiError::ExpiredKey(_) | ApiError::ModelNotAllowed(_) => {
+                "permission_error"
+            }
             ApiError::BadRequest { .. } | ApiError::NoUpstream(_) => "invalid_request_error",
             ApiError::TooLarge(_) => "request_too_large",
             ApiError::NotFound { .. } => "not_found_error",

@@ -75,7 +75,9 @@ async fn run(
     let body = request::read_body(body, state.settings.max_body_bytes).await?;
     let head = request::parse_head(dialect, &body)?;
     let mut head = head;
-    let route = state.router.route(&state.upstream.pool(), dialect, &head)?;
+    let route = state
+        .router
+        .route(&state.upstream.pool(), dialect, &head, Some(&key))?;
     let request_bytes = body.len();
     let body = if route.model != head.model {
         let body = request::set_model(&body, &route.model)?;

@@ -6,6 +6,7 @@
 use crate::config::RawAlias;
 use crate::error::{ApiError, Dialect};
 use crate::request::RequestHead;
+use crate::store::KeyRow;
 use crate::translate::Direction;
 use crate::upstream::pool::Pool;
 
@@ -88,9 +89,18 @@ impl Router {
         pool: &Pool,
         dialect: Dialect,
         head: &RequestHead,
+        key: Option<&KeyRow>,
     ) -> Result<Route, ApiError> {
-        let (model, alias) = self.resolve(&head.model);
+        let requested = key
+            .and_then(|k| k.force_model.as_deref())
+            .unwrap_or(&head.model);
+        let (model, alias) = self.resolve(requested);
         let alias = alias.map(str::to_string);
+        if let Some(allowed) = key.and_then(|k| k.models.as_deref()) {
+            if !allowed.split(',').any(|p| glob(p.trim(), &model)) {
+                return Err(ApiError::ModelNotAllowed(model));
+            }
+        }
         let (dialect, translate) = format_for(pool, dialect)?;
         Ok(Route {
             dialect,

@@ -282,7 +282,7 @@ async fn admin_explain(
         model: q.model.clone(),
         stream: false,
     };
-    match state.router.route(&pool, dialect, &head) {
+    match state.router.route(&pool, dialect, &head, None) {
         Ok(route) => Json(json!({
             "requested_model": q.model,
             "model": route.model,

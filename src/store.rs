@@ -31,6 +31,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "upstreams",
         include_str!("../migrations/sqlite/0002_upstreams.sql"),
     ),
+    (
+        3,
+        "key_models",
+        include_str!("../migrations/sqlite/0003_key_models.sql"),
+    ),
 ];
 
 #[derive(Debug)]
@@ -64,6 +69,10 @@ pub struct KeyRow {
     pub created_at: i64,
     pub expires_at: Option<i64>,
     pub revoked_at: Option<i64>,
+    /// Allowed models: comma-separated patterns (`*` wildcard); `None` = any.
+    pub models: Option<String>,
+    /// Replaces the model the client asks for.
+    pub force_model: Option<String>,
 }
 
 /// Totals for one key, as `GET /stats` shows them.
@@ -121,16 +130,21 @@ impl Store {
         key_prefix: &str,
         created_at: i64,
         expires_at: Option<i64>,
+        models: Option<&str>,
+        force_model: Option<&str>,
     ) -> sqlx::Result<i64> {
         let row = sqlx::query(
-            "INSERT INTO client_keys (name, key_hash, key_prefix, created_at, expires_at)
-             VALUES (?, ?, ?, ?, ?) RETURNING id",
+            "INSERT INTO client_keys (name, key_hash, key_prefix, created_at, expires_at,
+                                      models, force_model)
+             VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
         )
         .bind(name)
         .bind(key_hash)
         .bind(key_prefix)
         .bind(created_at)
         .bind(expires_at)
+        .bind(models)
+        .bind(force_model)
         .fetch_one(&self.pool)
         .await?;
         row.try_get(0)
@@ -138,7 +152,7 @@ impl Store {
 
     pub async fn find_key(&self, key_hash: &str) -> sqlx::Result<Option<KeyRow>> {
         let row = sqlx::query(
-            "SELECT id, name, key_prefix, created_at, expires_at, revoked_at
+            "SELECT id, name, key_prefix, created_at, expires_at, revoked_at, models, force_model
              FROM client_keys WHERE key_hash = ?",
         )
         .bind(key_hash)
@@ -149,7 +163,7 @@ impl Store {
 
     pub async fn list_keys(&self) -> sqlx::Result<Vec<KeyRow>> {
         let rows = sqlx::query(
-            "SELECT id, name, key_prefix, created_at, expires_at, revoked_at
+            "SELECT id, name, key_prefix, created_at, expires_at, revoked_at, models, force_model
              FROM client_keys ORDER BY id",
         )
         .fetch_all(&self.pool)
@@ -323,5 +337,7 @@ fn key_row(r: &sqlx::sqlite::SqliteRow) -> sqlx::Result<KeyRow> {
         created_at: r.try_get(3)?,
         expires_at: r.try_get(4)?,
         revoked_at: r.try_get(5)?,
+        models: r.try_get(6)?,
+        force_model: r.try_get(7)?,
     })
 }

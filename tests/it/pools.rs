@@ -513,3 +513,75 @@ async fn claude_model_names_are_routed_to_glm_and_explained() {
     assert_eq!(b["eligible"], true, "{explain}");
     assert_eq!(explain["upstreams"]["would_pick"]["account"], "zai/b");
 }
+
+#[tokio::test]
+async fn client_keys_can_be_limited_to_models_or_forced_onto_one() {
+    let env = start(Opts::default()).await;
+    let (_, limited) = glmgate::auth::create_key_with(
+        &env.store,
+        "limited",
+        None,
+        glmgate::auth::KeyModels {
+            allowed: Some("glm-4.5*, glm-4.7".into()),
+            force: None,
+        },
+    )
+    .await
+    .expect("key");
+    let (_, forced) = glmgate::auth::create_key_with(
+        &env.store,
+        "forced",
+        None,
+        glmgate::auth::KeyModels {
+            allowed: None,
+            force: Some("glm-4.5-air".into()),
+        },
+    )
+    .await
+    .expect("key");
+    let send = |key: &str, model: &str| {
+        let mut body = openai_body(false);
+        body["model"] = model.into();
+        env.http
+            .post(env.url("/v1/chat/completions"))
+            .bearer_auth(key)
+            .json(&body)
+            .send()
+    };
+    assert_eq!(send(&limited, "glm-4.7").await.expect("sent").status(), 200);
+    // Aliases apply first: claude-haiku → glm-4.5-air, which the pattern allows.
+    assert_eq!(
+        send(&limited, "claude-haiku-4-5")
+            .await
+            .expect("sent")
+            .status(),
+        200
+    );
+    let resp = send(&limited, "glm-5").await.expect("sent");
+    assert_eq!(resp.status(), 403);
+    let e: Value = resp.json().await.expect("json");
+    assert_eq!(e["error"]["code"], "model_not_allowed");
+    let mut body = anthropic_body(false);
+    body["model"] = "glm-5".into();
+    let resp = env
+        .http
+        .post(env.url("/v1/messages"))
+        .header("x-api-key", &limited)
+        .json(&body)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(resp.status(), 403);
+    let e: Value = resp.json().await.expect("json");
+    assert_eq!(e["error"]["type"], "permission_error");
+
+    let c: Value = send(&forced, "glm-5")
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(c["model"], "glm-4.5-air");
+    let rows = env.usage_rows(3).await;
+    assert_eq!(rows[2]["model"], "glm-4.5-air");
+}
