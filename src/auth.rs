@@ -68,15 +68,15 @@ pub async fn create_key_with(
     let (secret, hash, prefix) = generate_key();
     let now = chrono::Utc::now().timestamp();
     let id = store
-        .insert_key(
+        .insert_key(&crate::store::NewKey {
             name,
-            &hash,
-            &prefix,
-            now,
+            key_hash: &hash,
+            key_prefix: &prefix,
+            created_at: now,
             expires_at,
-            models.allowed.as_deref(),
-            models.force.as_deref(),
-        )
+            models: models.allowed.as_deref(),
+            force_model: models.force.as_deref(),
+        })
         .await?;
     let row = KeyRow {
         id,

@@ -75,6 +75,17 @@ pub struct KeyRow {
     pub force_model: Option<String>,
 }
 
+/// A key to store (its hash, never the secret).
+pub struct NewKey<'a> {
+    pub name: &'a str,
+    pub key_hash: &'a str,
+    pub key_prefix: &'a str,
+    pub created_at: i64,
+    pub expires_at: Option<i64>,
+    pub models: Option<&'a str>,
+    pub force_model: Option<&'a str>,
+}
+
 /// Totals for one key, as `GET /stats` shows them.
 #[derive(Debug, Default, Serialize)]
 pub struct KeyStats {
@@ -123,28 +134,19 @@ impl Store {
         sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
     }
 
-    pub async fn insert_key(
-        &self,
-        name: &str,
-        key_hash: &str,
-        key_prefix: &str,
-        created_at: i64,
-        expires_at: Option<i64>,
-        models: Option<&str>,
-        force_model: Option<&str>,
-    ) -> sqlx::Result<i64> {
+    pub async fn insert_key(&self, k: &NewKey<'_>) -> sqlx::Result<i64> {
         let row = sqlx::query(
             "INSERT INTO client_keys (name, key_hash, key_prefix, created_at, expires_at,
                                       models, force_model)
              VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
         )
-        .bind(name)
-        .bind(key_hash)
-        .bind(key_prefix)
-        .bind(created_at)
-        .bind(expires_at)
-        .bind(models)
-        .bind(force_model)
+        .bind(k.name)
+        .bind(k.key_hash)
+        .bind(k.key_prefix)
+        .bind(k.created_at)
+        .bind(k.expires_at)
+        .bind(k.models)
+        .bind(k.force_model)
         .fetch_one(&self.pool)
         .await?;
         row.try_get(0)
