@@ -165,11 +165,14 @@ http {{
     return path
 
 
-def glmgate_conf(tmp, port, mock_port, failover=False):
-    """glmgate as users run it; with `failover`, a second account whose key always answers
-    500 sits in the pool next to the good one, its circuit breaker off, so requests that
-    pick it fail over to the good account."""
-    name = "glmgate-failover" if failover else "glmgate"
+def glmgate_conf(tmp, port, mock_port, kind="plain"):
+    """glmgate as users run it. Kinds:
+    - `plain`: one upstream key, both API formats passed through;
+    - `failover`: a second account whose key always answers 500 sits in the pool next to the
+      good one, its circuit breaker off, so requests that pick it fail over to the good one;
+    - `openai-only` / `anthropic-only`: the upstream speaks one format, so clients of the other
+      are translated."""
+    name = "glmgate" if kind == "plain" else f"glmgate-{kind}"
     path = os.path.join(tmp, f"{name}.toml")
     base = f"""
 [server]
@@ -177,15 +180,17 @@ listen = "127.0.0.1:{port}"
 [store]
 path = "{tmp}/{name}.db"
 """
-    if failover:
+    openai = f"http://127.0.0.1:{mock_port}/api/coding/paas/v4" if kind != "anthropic-only" else ""
+    anthropic = f"http://127.0.0.1:{mock_port}/api/anthropic" if kind != "openai-only" else ""
+    if kind == "failover":
         upstream = f"""
 [upstream.breaker]
 failures = 1000000000
 [[providers]]
 name = "mock"
 preset = "custom"
-openai_base_url = "http://127.0.0.1:{mock_port}/api/coding/paas/v4"
-anthropic_base_url = "http://127.0.0.1:{mock_port}/api/anthropic"
+openai_base_url = "{openai}"
+anthropic_base_url = "{anthropic}"
 [[providers.accounts]]
 name = "dead"
 keys = ["fault-500"]
@@ -197,8 +202,8 @@ keys = ["bench-upstream-key"]
         upstream = f"""
 [upstream]
 preset = "custom"
-openai_base_url = "http://127.0.0.1:{mock_port}/api/coding/paas/v4"
-anthropic_base_url = "http://127.0.0.1:{mock_port}/api/anthropic"
+openai_base_url = "{openai}"
+anthropic_base_url = "{anthropic}"
 keys = ["bench-upstream-key"]
 """
     with open(path, "w") as f:
@@ -223,32 +228,37 @@ class Rig:
         self.nginx = procs.start(["nginx", "-c", nginx_conf(tmp, self.nginx_port, self.mock_port), "-p", tmp],
                                  os.path.join(tmp, "nginx.log"))
         wait_port(self.nginx_port)
-        conf = glmgate_conf(tmp, self.gg_port, self.mock_port)
-        self.key = subprocess.run([GLMGATE, "keys", "create", "--name", "bench", "--config", conf],
-                                  check=True, capture_output=True, text=True).stdout.strip()
-        self.gg = procs.start([*glmgate_prefix, GLMGATE, "serve", "--config", conf],
-                              os.path.join(tmp, "glmgate.log"))
-        wait_port(self.gg_port, deadline=120)
-        self.fo_port = free_port()
-        conf = glmgate_conf(tmp, self.fo_port, self.mock_port, failover=True)
-        self.fo_key = subprocess.run([GLMGATE, "keys", "create", "--name", "bench", "--config", conf],
-                                     check=True, capture_output=True, text=True).stdout.strip()
-        self.fo = procs.start([GLMGATE, "serve", "--config", conf], os.path.join(tmp, "glmgate-failover.log"),
-                              env={**os.environ, "GLMGATE_LOG": "error"})
-        wait_port(self.fo_port, deadline=120)
+        # name → (port, client key, process)
+        self.gateways = {}
+        for kind in ("plain", "failover", "openai-only", "anthropic-only"):
+            port = self.gg_port if kind == "plain" else free_port()
+            conf = glmgate_conf(tmp, port, self.mock_port, kind)
+            key = subprocess.run([GLMGATE, "keys", "create", "--name", "bench", "--config", conf],
+                                 check=True, capture_output=True, text=True).stdout.strip()
+            prefix = glmgate_prefix if kind == "plain" else ()
+            env = None if kind == "plain" else {**os.environ, "GLMGATE_LOG": "error"}
+            proc = procs.start([*prefix, GLMGATE, "serve", "--config", conf],
+                               os.path.join(tmp, f"glmgate-{kind}.log"), env=env)
+            wait_port(port, deadline=120)
+            self.gateways[kind] = (port, key, proc)
+        self.key, self.gg = self.gateways["plain"][1], self.gateways["plain"][2]
 
     def target(self, name, api):
-        gw = name in ("glmgate", "failover")
-        port = {"direct": self.mock_port, "nginx": self.nginx_port, "glmgate": self.gg_port,
-                "failover": self.fo_port}[name]
-        key = {"glmgate": self.key, "failover": self.fo_key}.get(name, "bench-upstream-key")
+        """`translated` is glmgate in front of an upstream that speaks only the other format."""
+        if name in ("direct", "nginx"):
+            port, pid = (self.mock_port, None) if name == "direct" else (self.nginx_port, self.nginx.pid)
+            key, gw = "bench-upstream-key", False
+        else:
+            kind = {"glmgate": "plain", "failover": "failover",
+                    "translated": "anthropic-only" if api == "openai" else "openai-only"}[name]
+            port, key, proc = self.gateways[kind]
+            pid, gw = proc.pid, True
         if api == "openai":
             path = "/v1/chat/completions" if gw else "/api/coding/paas/v4/chat/completions"
             headers = [f"authorization: Bearer {key}"]
         else:
             path = "/v1/messages" if gw else "/api/anthropic/v1/messages"
             headers = [f"x-api-key: {key}", "anthropic-version: 2023-06-01"]
-        pid = {"direct": None, "nginx": self.nginx.pid, "glmgate": self.gg.pid, "failover": self.fo.pid}[name]
         return f"http://127.0.0.1:{port}{path}", headers + ["content-type: application/json"], pid
 
 
@@ -262,6 +272,7 @@ SCENARIOS = {
 
 
 FAILOVER_SCENARIOS = ("openai", "openai-stream")
+TRANSLATED_SCENARIOS = ("openai", "openai-stream", "anthropic-stream")
 
 
 def body_file(tmp, scenario):
@@ -315,8 +326,10 @@ def run_table(args):
         scenarios = list(SCENARIOS) if not args.only else args.only.split(",")
         rows = []
         for scenario in scenarios:
-            # The failover row: the same request through a pool with a dead account.
-            targets = ["direct", "nginx", "glmgate"] + (["failover"] if scenario in FAILOVER_SCENARIOS else [])
+            # Extra rows: the same request through a pool with a dead account, and through
+            # an upstream that speaks only the other format (translated both ways).
+            targets = ["direct", "nginx", "glmgate"] + (["failover"] if scenario in FAILOVER_SCENARIOS else []) \
+                + (["translated"] if scenario in TRANSLATED_SCENARIOS else [])
             for c in concurrencies:
                 reps = {t: [] for t in targets}
                 for rep in range(args.reps):
@@ -361,7 +374,10 @@ def render(rows, open_loop, idle, peak, args):
            f"(closed loop). Latencies in µs. Overhead = target − direct in the same repetition.",
            "`failover`: glmgate with a second, dead account (its key always gets HTTP 500, circuit "
            "breaker off) next to the good one; requests that try it first are retried on the good one "
-           "before the client sees a byte. Attempts/req counts the upstream requests per client request.", "",
+           "before the client sees a byte. Attempts/req counts the upstream requests per client request. "
+           "`translated`: glmgate in front of an upstream that speaks only the other API format "
+           "(OpenAI scenarios on an Anthropic-only upstream, the Anthropic scenario on an OpenAI-only one), "
+           "so every request, answer and stream event is translated.", "",
            "| scenario | c | target | p50 | p90 | p99 | +p50 | +p99 | req/s | vs nginx req/s | CPU µs/req | +TTFB p50 |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for scenario, c, reps in rows:
@@ -380,7 +396,7 @@ def render(rows, open_loop, idle, peak, args):
             stream = "stream" in scenario
             out.append(f"| {scenario} | {c} | {name} | {fmt(lat('p50'))} | {fmt(lat('p90'))} | {fmt(lat('p99'))} | "
                        f"{'' if t == 'direct' else fmt(over('p50'))} | {'' if t == 'direct' else fmt(over('p99'))} | "
-                       f"{fmt(rps)} | {fmt(ratio, 2) if t in ('glmgate', 'failover') else ''} | "
+                       f"{fmt(rps)} | {fmt(ratio, 2) if t in ('glmgate', 'failover', 'translated') else ''} | "
                        f"{fmt(med([r['cpu_us_per_req'] for r in rs]), 1)} | "
                        f"{fmt(ttfb) if stream and t != 'direct' else ''} |")
     out += ["", f"Open loop, OpenAI non-stream at {args.rate} req/s for {args.duration} s (latency from the scheduled start):", "",

@@ -43,7 +43,7 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<(Arc<AppState>, R
     tokio::spawn(save_limits(store.clone(), limits_rx));
     let state = AppState {
         auth: Authenticator::new(store.clone(), settings.key_cache_ttl),
-        router: crate::route::Router::new(&settings.aliases),
+        router: crate::route::Router::new(&settings.aliases, &settings.fallbacks),
         upstream: Arc::new(Upstream::new(&settings.upstream, &restored, limits_tx)?),
         store,
         recorder,

@@ -53,6 +53,17 @@ pub struct RawRouting {
     pub aliases: Vec<RawAlias>,
     /// Append the shipped aliases that make Claude Code work against GLM out of the box.
     pub default_aliases: bool,
+    /// Models to try next when no account can serve a model (plan or quota).
+    pub fallbacks: Vec<RawFallback>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RawFallback {
+    /// A model pattern (`*` wildcard), matched against the model after aliases.
+    pub from: String,
+    /// Models to try in order.
+    pub to: Vec<String>,
 }
 
 impl Default for RawRouting {
@@ -60,6 +71,7 @@ impl Default for RawRouting {
         RawRouting {
             aliases: Vec::new(),
             default_aliases: true,
+            fallbacks: Vec::new(),
         }
     }
 }
@@ -420,6 +432,7 @@ pub struct Settings {
     pub admin_token: Option<Secret>,
     /// Model aliases in order (configured, then the shipped defaults unless turned off).
     pub aliases: Vec<RawAlias>,
+    pub fallbacks: Vec<RawFallback>,
     /// The file these settings came from (reloads read it again).
     pub source: Option<PathBuf>,
     pub accounting: AccountingSettings,
@@ -595,6 +608,7 @@ pub fn validate(raw: RawConfig, env_keys: Option<&str>) -> anyhow::Result<Settin
             .token
             .filter(|t| !t.trim().is_empty())
             .map(Secret::new),
+        fallbacks: raw.routing.fallbacks,
         aliases: {
             let mut a = raw.routing.aliases;
             if let Some(bad) = a.iter().find(|a| a.from.is_empty() || a.to.is_empty()) {

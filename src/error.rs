@@ -50,6 +50,8 @@ pub enum ApiError {
     NoUpstream(String),
     #[error("the gateway has no upstream API key configured (upstream.keys, ZAI_API_KEY or [[providers.accounts]])")]
     NoUpstreamKey,
+    #[error("model `{0}` is not in the plan of any upstream account")]
+    ModelUnavailable(String),
     #[error("this API key may not use model `{0}`")]
     ModelNotAllowed(String),
     #[error("{message}")]
@@ -93,7 +95,7 @@ impl ApiError {
             }
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
+            ApiError::NotFound { .. } | ApiError::ModelUnavailable(_) => StatusCode::NOT_FOUND,
             ApiError::NoUpstream(_) => StatusCode::NOT_IMPLEMENTED,
             ApiError::NoUpstreamKey | ApiError::NoWorkingUpstream { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -136,6 +138,7 @@ impl ApiError {
             ApiError::BadRequest { .. } => ("invalid_request_error", "invalid_request"),
             ApiError::TooLarge(_) => ("invalid_request_error", "request_too_large"),
             ApiError::NotFound { .. } => ("invalid_request_error", "unknown_url"),
+            ApiError::ModelUnavailable(_) => ("invalid_request_error", "model_not_found"),
             ApiError::NoUpstream(_) => ("invalid_request_error", "not_implemented"),
             ApiError::NoUpstreamKey => ("server_error", "no_upstream_key"),
             ApiError::NoWorkingUpstream { .. } => ("server_error", "no_working_upstream_key"),
@@ -157,7 +160,7 @@ impl ApiError {
             }
             ApiError::BadRequest { .. } | ApiError::NoUpstream(_) => "invalid_request_error",
             ApiError::TooLarge(_) => "request_too_large",
-            ApiError::NotFound { .. } => "not_found_error",
+            ApiError::NotFound { .. } | ApiError::ModelUnavailable(_) => "not_found_error",
             ApiError::UpstreamTimeout(_) => "timeout_error",
             ApiError::QuotaExhausted { .. } | ApiError::Saturated { .. } => "rate_limit_error",
             ApiError::NoWorkingUpstream { .. } => "api_error",

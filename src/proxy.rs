@@ -27,6 +27,7 @@ use crate::error::{ApiError, Dialect};
 use crate::meter::{Meter, Usage};
 use crate::request::{self, RequestHead};
 use crate::translate::{ResponseTranslator, Translation};
+use crate::upstream::classify::Class;
 use crate::upstream::pool::Permit;
 use crate::upstream::{BodyStream, Opened};
 
@@ -110,13 +111,35 @@ async fn run(
         account: None,
         attempts: 0,
     };
-    let opened = match state
-        .upstream
-        .send(route.dialect, &ledger.head.model, &parts.headers, body)
-        .await
-    {
-        Ok(o) => o,
-        Err(e) => return Err(ledger.fail(e)),
+    // When no account can serve the model (plan or quota), try the configured fallbacks.
+    let mut next = state.router.fallbacks(&route.model).iter();
+    let mut body = body;
+    let opened = loop {
+        let result = state
+            .upstream
+            .send(
+                route.dialect,
+                &ledger.head.model,
+                &parts.headers,
+                body.clone(),
+            )
+            .await;
+        let unservable = match &result {
+            Err(ApiError::QuotaExhausted { .. } | ApiError::ModelUnavailable(_)) => true,
+            Ok(o) => matches!(o.failure, Some(Class::Plan | Class::Quota)),
+            Err(_) => false,
+        };
+        match next.next() {
+            Some(model) if unservable => {
+                tracing::info!(request_id, from = %ledger.head.model, to = %model, "model unavailable; falling back");
+                body = request::set_model(&body, model)?;
+                ledger.head.model = model.clone();
+            }
+            _ => match result {
+                Ok(o) => break o,
+                Err(e) => return Err(ledger.fail(e)),
+            },
+        }
     };
     Ok(stream_back(
         opened,

@@ -3,7 +3,7 @@
 //! which account and key is the scheduler's job ([`crate::upstream`]). Model aliases and
 //! tiers plug in here later.
 
-use crate::config::RawAlias;
+use crate::config::{RawAlias, RawFallback};
 use crate::error::{ApiError, Dialect};
 use crate::request::RequestHead;
 use crate::store::KeyRow;
@@ -27,6 +27,7 @@ pub struct Route {
 #[derive(Debug, Clone, Default)]
 pub struct Router {
     aliases: Vec<(String, String)>,
+    fallbacks: Vec<RawFallback>,
 }
 
 /// `*` matches any run of characters; ASCII case is ignored.
@@ -62,13 +63,23 @@ fn strip_1m(model: &str) -> &str {
 }
 
 impl Router {
-    pub fn new(aliases: &[RawAlias]) -> Router {
+    pub fn new(aliases: &[RawAlias], fallbacks: &[RawFallback]) -> Router {
         Router {
             aliases: aliases
                 .iter()
                 .map(|a| (a.from.clone(), a.to.clone()))
                 .collect(),
+            fallbacks: fallbacks.to_vec(),
         }
+    }
+
+    /// Models to try, in order, when no account can serve `model` (plan or quota).
+    pub fn fallbacks(&self, model: &str) -> &[String] {
+        self.fallbacks
+            .iter()
+            .find(|f| glob(&f.from, model))
+            .map(|f| f.to.as_slice())
+            .unwrap_or_default()
     }
 
     /// The model to ask the upstream for, and the alias pattern that chose it.
@@ -162,7 +173,7 @@ mod tests {
     #[test]
     fn defaults_make_claude_code_work_and_ids_are_normalised() {
         let settings = crate::config::validate(Default::default(), None).expect("defaults");
-        let r = Router::new(&settings.aliases);
+        let r = Router::new(&settings.aliases, &[]);
         assert_eq!(r.resolve("claude-sonnet-4-6").0, "glm-4.7");
         assert_eq!(r.resolve("claude-opus-4-7[1m]").0, "glm-4.7");
         let (m, alias) = r.resolve("claude-haiku-4-5-20251001");
@@ -170,10 +181,13 @@ mod tests {
         assert_eq!(r.resolve("GLM-4.7").0, "glm-4.7");
         assert_eq!(r.resolve("glm-5.3[1m]").0, "glm-5.3");
         assert_eq!(r.resolve("custom-model").0, "custom-model");
-        let mine = Router::new(&[RawAlias {
-            from: "claude-*".into(),
-            to: "glm-5".into(),
-        }]);
+        let mine = Router::new(
+            &[RawAlias {
+                from: "claude-*".into(),
+                to: "glm-5".into(),
+            }],
+            &[],
+        );
         assert_eq!(mine.resolve("claude-sonnet-4-6").0, "glm-5");
     }
 }

@@ -49,6 +49,8 @@ pub struct Opened {
     /// `provider/account` that answered.
     pub account: Option<Arc<str>>,
     pub attempts: u32,
+    /// Set when this is an upstream error answer passed on after the retries: its class.
+    pub failure: Option<Class>,
 }
 
 /// Why an attempt failed, what the client would get if it is the last one.
@@ -234,14 +236,26 @@ impl Upstream {
                         || attempt >= p.max_attempts
                         || now >= budget_end
                     {
-                        return answer.map(Ok).unwrap_or(Err(error));
+                        return match answer {
+                            Some(mut a) => {
+                                a.failure = Some(failure.class);
+                                Ok(a)
+                            }
+                            None => Err(error),
+                        };
                     }
                     avoid.push(target.key.label.clone());
                     // A rejected upstream key is the gateway's problem, not the client's:
                     // never pass that 401 on.
                     last = match failure.class {
                         Class::Key => None,
-                        _ => Some(answer.ok_or(error)),
+                        _ => Some(match answer {
+                            Some(mut a) => {
+                                a.failure = Some(failure.class);
+                                Ok(a)
+                            }
+                            None => Err(error),
+                        }),
                     };
                     owed = backoff(failure.class, attempt, p);
                 }
@@ -437,6 +451,7 @@ impl Upstream {
             permit: None,
             account: None,
             attempts: 0,
+            failure: None,
         })
     }
 
@@ -493,6 +508,7 @@ fn buffered(status: StatusCode, mut headers: HeaderMap, body: Bytes) -> Opened {
         permit: None,
         account: None,
         attempts: 0,
+        failure: None,
     }
 }
 

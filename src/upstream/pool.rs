@@ -539,10 +539,7 @@ impl Pool {
                     retry_after_secs: until.saturating_duration_since(now).as_secs().max(1),
                 }
             } else if not_in_plan {
-                ApiError::bad_request(
-                    format!("model `{model}` is not in the plan of any upstream account"),
-                    Some("model".into()),
-                )
+                ApiError::ModelUnavailable(model.to_string())
             } else {
                 ApiError::NoWorkingUpstream {
                     message: "every upstream key has been disabled after the upstream \

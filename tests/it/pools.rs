@@ -585,3 +585,42 @@ async fn client_keys_can_be_limited_to_models_or_forced_onto_one() {
     let rows = env.usage_rows(3).await;
     assert_eq!(rows[2]["model"], "glm-4.5-air");
 }
+
+#[tokio::test]
+async fn a_model_no_account_can_serve_falls_back_to_the_next() {
+    let rest = format!(
+        "[routing]\nfallbacks = [{{ from = \"glm-5*\", to = [\"glm-4.7\"] }}]\n{}",
+        two_accounts(
+            "keys = [\"fault-429-1113@glm-5\"]",
+            "keys = [\"k2\"]\nmodels = [\"glm-4.5-air\"]"
+        )
+    );
+    let (env, _) = start_file(MockOptions::default(), &rest).await;
+    let mut five = openai_body(false);
+    five["model"] = "glm-5".into();
+    for _ in 0..3 {
+        let resp = env.openai(&five).await;
+        assert_eq!(resp.status(), 200);
+        let c: Value = resp.json().await.expect("json");
+        assert_eq!(c["model"], "glm-4.7");
+    }
+    let rows = env.usage_rows(3).await;
+    assert!(rows.iter().all(|r| r["model"] == "glm-4.7"), "{rows:?}");
+    // One refused attempt for glm-5 (which benched it on a), then glm-4.7 each time.
+    assert_eq!(env.mock_stats().await["requests"], 4);
+    // Without a fallback the client is told the model is not served.
+    let mut other = openai_body(false);
+    other["model"] = "glm-4.6".into();
+    let (env2, _) = start_file(
+        MockOptions::default(),
+        &two_accounts(
+            "keys = [\"k1\"]\nmodels = [\"glm-4.7\"]",
+            "keys = [\"k2\"]\nmodels = [\"glm-4.7\"]",
+        ),
+    )
+    .await;
+    let resp = env2.openai(&other).await;
+    assert_eq!(resp.status(), 404);
+    let e: Value = resp.json().await.expect("json");
+    assert_eq!(e["error"]["code"], "model_not_found");
+}
