@@ -47,6 +47,8 @@ pub struct KeyModels {
     pub allowed: Option<String>,
     /// Replaces the model the client asks for.
     pub force: Option<String>,
+    /// passthrough | think_tags | strip (`None`: the routing default).
+    pub reasoning: Option<String>,
 }
 
 /// Creates and stores a key; the secret is returned once and never stored.
@@ -76,6 +78,7 @@ pub async fn create_key_with(
             expires_at,
             models: models.allowed.as_deref(),
             force_model: models.force.as_deref(),
+            reasoning: models.reasoning.as_deref(),
         })
         .await?;
     let row = KeyRow {
@@ -87,6 +90,7 @@ pub async fn create_key_with(
         revoked_at: None,
         models: models.allowed,
         force_model: models.force,
+        reasoning: models.reasoning,
     };
     Ok((row, secret))
 }

@@ -85,6 +85,9 @@ enum KeysAction {
         /// A model that replaces whatever the client asks for.
         #[arg(long)]
         force_model: Option<String>,
+        /// How reasoning is shown to this key: passthrough, think_tags or strip.
+        #[arg(long)]
+        reasoning: Option<String>,
     },
     /// List keys (prefixes only; secrets are not stored).
     List {
@@ -214,11 +217,18 @@ async fn keys(settings: &Settings, action: KeysAction) -> anyhow::Result<()> {
             expires,
             models,
             force_model,
+            reasoning,
         } => {
             let expires_at = expires.as_deref().map(parse_expiry).transpose()?;
+            if let Some(r) = &reasoning {
+                if crate::translate::reasoning::ReasoningMode::parse(r).is_none() {
+                    anyhow::bail!("--reasoning: use passthrough, think_tags or strip");
+                }
+            }
             let rules = crate::auth::KeyModels {
                 allowed: models.filter(|m| !m.trim().is_empty()),
                 force: force_model.filter(|m| !m.trim().is_empty()),
+                reasoning,
             };
             let (row, secret) =
                 crate::auth::create_key_with(&store, &name, expires_at, rules).await?;

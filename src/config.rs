@@ -55,6 +55,8 @@ pub struct RawRouting {
     pub default_aliases: bool,
     /// Models to try next when no account can serve a model (plan or quota).
     pub fallbacks: Vec<RawFallback>,
+    /// How reasoning is shown to clients whose key does not say.
+    pub reasoning: crate::translate::reasoning::ReasoningMode,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -72,6 +74,7 @@ impl Default for RawRouting {
             aliases: Vec::new(),
             default_aliases: true,
             fallbacks: Vec::new(),
+            reasoning: Default::default(),
         }
     }
 }
@@ -433,6 +436,7 @@ pub struct Settings {
     /// Model aliases in order (configured, then the shipped defaults unless turned off).
     pub aliases: Vec<RawAlias>,
     pub fallbacks: Vec<RawFallback>,
+    pub reasoning: crate::translate::reasoning::ReasoningMode,
     /// The file these settings came from (reloads read it again).
     pub source: Option<PathBuf>,
     pub accounting: AccountingSettings,
@@ -609,6 +613,7 @@ pub fn validate(raw: RawConfig, env_keys: Option<&str>) -> anyhow::Result<Settin
             .filter(|t| !t.trim().is_empty())
             .map(Secret::new),
         fallbacks: raw.routing.fallbacks,
+        reasoning: raw.routing.reasoning,
         aliases: {
             let mut a = raw.routing.aliases;
             if let Some(bad) = a.iter().find(|a| a.from.is_empty() || a.to.is_empty()) {

@@ -26,6 +26,7 @@ use crate::config::Policy;
 use crate::error::{ApiError, Dialect};
 use crate::meter::{Meter, Usage};
 use crate::request::{self, RequestHead};
+use crate::translate::reasoning::{ReasoningFilter, ReasoningMode};
 use crate::translate::{ResponseTranslator, Translation};
 use crate::upstream::classify::Class;
 use crate::upstream::pool::Permit;
@@ -141,11 +142,17 @@ async fn run(
             },
         }
     };
+    let reasoning = key
+        .reasoning
+        .as_deref()
+        .and_then(ReasoningMode::parse)
+        .unwrap_or(state.settings.reasoning);
     Ok(stream_back(
         opened,
         ledger,
         &state.upstream.pool().policy,
         translation,
+        reasoning,
     ))
 }
 
@@ -156,6 +163,7 @@ fn stream_back(
     mut ledger: Ledger,
     policy: &Policy,
     translation: Option<Translation>,
+    reasoning: ReasoningMode,
 ) -> Response {
     let status = opened.status;
     ledger.status = status;
@@ -201,6 +209,15 @@ fn stream_back(
                 );
             }
         }
+    }
+    if reasoning != ReasoningMode::Passthrough && status.is_success() {
+        headers.remove(header::CONTENT_LENGTH);
+        translator = Some(Box::new(ReasoningFilter::new(
+            reasoning,
+            ledger.dialect,
+            is_sse,
+            translator.take(),
+        )));
     }
     let now = tokio::time::Instant::now();
     let total_deadline = tokio::time::Instant::from_std(ledger.started) + policy.total_timeout;

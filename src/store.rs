@@ -73,6 +73,8 @@ pub struct KeyRow {
     pub models: Option<String>,
     /// Replaces the model the client asks for.
     pub force_model: Option<String>,
+    /// How reasoning is shown: passthrough | think_tags | strip.
+    pub reasoning: Option<String>,
 }
 
 /// A key to store (its hash, never the secret).
@@ -84,6 +86,7 @@ pub struct NewKey<'a> {
     pub expires_at: Option<i64>,
     pub models: Option<&'a str>,
     pub force_model: Option<&'a str>,
+    pub reasoning: Option<&'a str>,
 }
 
 /// Totals for one key, as `GET /stats` shows them.
@@ -137,8 +140,8 @@ impl Store {
     pub async fn insert_key(&self, k: &NewKey<'_>) -> sqlx::Result<i64> {
         let row = sqlx::query(
             "INSERT INTO client_keys (name, key_hash, key_prefix, created_at, expires_at,
-                                      models, force_model)
-             VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                                      models, force_model, reasoning)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
         )
         .bind(k.name)
         .bind(k.key_hash)
@@ -147,6 +150,7 @@ impl Store {
         .bind(k.expires_at)
         .bind(k.models)
         .bind(k.force_model)
+        .bind(k.reasoning)
         .fetch_one(&self.pool)
         .await?;
         row.try_get(0)
@@ -154,7 +158,8 @@ impl Store {
 
     pub async fn find_key(&self, key_hash: &str) -> sqlx::Result<Option<KeyRow>> {
         let row = sqlx::query(
-            "SELECT id, name, key_prefix, created_at, expires_at, revoked_at, models, force_model
+            "SELECT id, name, key_prefix, created_at, expires_at, revoked_at, models, force_model,
+                    reasoning
              FROM client_keys WHERE key_hash = ?",
         )
         .bind(key_hash)
@@ -165,7 +170,8 @@ impl Store {
 
     pub async fn list_keys(&self) -> sqlx::Result<Vec<KeyRow>> {
         let rows = sqlx::query(
-            "SELECT id, name, key_prefix, created_at, expires_at, revoked_at, models, force_model
+            "SELECT id, name, key_prefix, created_at, expires_at, revoked_at, models, force_model,
+                    reasoning
              FROM client_keys ORDER BY id",
         )
         .fetch_all(&self.pool)
@@ -341,5 +347,6 @@ fn key_row(r: &sqlx::sqlite::SqliteRow) -> sqlx::Result<KeyRow> {
         revoked_at: r.try_get(5)?,
         models: r.try_get(6)?,
         force_model: r.try_get(7)?,
+        reasoning: r.try_get(8)?,
     })
 }

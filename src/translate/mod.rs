@@ -7,6 +7,7 @@
 
 pub mod a2o;
 pub mod o2a;
+pub mod reasoning;
 
 use bytes::Bytes;
 

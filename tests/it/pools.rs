@@ -523,7 +523,7 @@ async fn client_keys_can_be_limited_to_models_or_forced_onto_one() {
         None,
         glmgate::auth::KeyModels {
             allowed: Some("glm-4.5*, glm-4.7".into()),
-            force: None,
+            ..Default::default()
         },
     )
     .await
@@ -533,8 +533,8 @@ async fn client_keys_can_be_limited_to_models_or_forced_onto_one() {
         "forced",
         None,
         glmgate::auth::KeyModels {
-            allowed: None,
             force: Some("glm-4.5-air".into()),
+            ..Default::default()
         },
     )
     .await

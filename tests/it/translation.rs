@@ -193,3 +193,74 @@ async fn count_tokens_is_local_by_default_and_from_the_upstream_when_configured(
     // The mock counts a quarter of the body's bytes.
     assert_eq!(n["input_tokens"], body.to_string().len() / 4);
 }
+
+async fn key_with_reasoning(env: &Env, mode: &str) -> String {
+    glmgate::auth::create_key_with(
+        &env.store,
+        mode,
+        None,
+        glmgate::auth::KeyModels {
+            reasoning: Some(mode.into()),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("key")
+    .1
+}
+
+#[tokio::test]
+async fn reasoning_can_be_shown_as_think_tags_or_stripped_per_key() {
+    let env = start(Opts::default()).await;
+    // OpenAI stream (GLM reasons by default) with think tags.
+    let tags = key_with_reasoning(&env, "think_tags").await;
+    let text = env
+        .http
+        .post(env.url("/v1/chat/completions"))
+        .bearer_auth(&tags)
+        .json(&openai_body(true))
+        .send()
+        .await
+        .expect("sent")
+        .text()
+        .await
+        .expect("stream");
+    let mut content = String::new();
+    for d in data_lines(&text).into_iter().filter(|d| *d != "[DONE]") {
+        let v: Value = serde_json::from_str(d).expect("json");
+        assert!(
+            v.pointer("/choices/0/delta/reasoning_content").is_none(),
+            "{d}"
+        );
+        content.push_str(
+            v.pointer("/choices/0/delta/content")
+                .and_then(Value::as_str)
+                .unwrap_or(""),
+        );
+    }
+    assert!(content.starts_with("<think>"), "{content}");
+    assert!(content.contains("</think>Hello from"), "{content}");
+    assert_eq!(content.matches("<think>").count(), 1);
+    // Anthropic stream with thinking asked for, stripped.
+    let strip = key_with_reasoning(&env, "strip").await;
+    let mut body = anthropic_body(true);
+    body["thinking"] = serde_json::json!({"type": "enabled", "budget_tokens": 1024});
+    let text = env
+        .http
+        .post(env.url("/v1/messages"))
+        .header("x-api-key", &strip)
+        .json(&body)
+        .send()
+        .await
+        .expect("sent")
+        .text()
+        .await
+        .expect("stream");
+    assert!(!text.contains("thinking"), "{text}");
+    assert!(text.contains("message_stop"));
+    // Usage is still what the upstream reported (reasoning is paid for).
+    let rows = env.usage_rows(2).await;
+    assert!(rows
+        .iter()
+        .all(|r| r["outcome"] == "ok" && r["estimated"] == false));
+}
