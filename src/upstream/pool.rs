@@ -189,14 +189,16 @@ impl KeyRt {
         }
     }
 
-    /// Lower is better: latency (seconds), failure rate, a recent error, load.
+    /// Lower is better: latency (seconds), failure rate, a recent error, load. Failures
+    /// weigh most: a key that keeps failing must lose to a busy healthy one, not win
+    /// because nothing is in flight on it.
     fn score(&self, now: Instant) -> f64 {
         let latency = self.ewma_ms.unwrap_or(0.0).min(10_000.0) / 1000.0;
-        let failing = (1.0 - self.success) * 5.0;
+        let failing = (1.0 - self.success) * 50.0;
         let recent = self.last_error.as_ref().map_or(0.0, |e| {
             let age = now.duration_since(e.at).as_secs_f64();
             if age < 60.0 {
-                (60.0 - age) / 30.0
+                (60.0 - age) / 6.0
             } else {
                 0.0
             }
@@ -667,7 +669,7 @@ impl Pool {
             }
             let mut score = k.score(now);
             if avoid.contains(&k.label) {
-                score += 100.0;
+                score += 1000.0;
             }
             k.decision = Decision::NotChosen;
             if best.is_none_or(|b| score < b.0) {
