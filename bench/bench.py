@@ -301,7 +301,8 @@ def measure(rig, target, scenario, concurrency, duration, rate=None):
     up0 = mock_requests(rig.mock_port)
     r = load(url, headers, body_file(rig.tmp, scenario), concurrency, duration, rate)
     r["cpu_us_per_req"] = ((cpu_seconds(pid) - cpu0) * 1e6 / max(r["requests"], 1)) if pid else None
-    r["attempts_per_req"] = (mock_requests(rig.mock_port) - up0) / max(r["requests"], 1)
+    # Upstream requests per request sent (warm-up included on both sides).
+    r["attempts_per_req"] = (mock_requests(rig.mock_port) - up0) / max(r.get("sent", r["requests"]), 1)
     return r
 
 

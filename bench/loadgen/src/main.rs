@@ -44,6 +44,8 @@ struct Samples {
     latency_us: Vec<u32>,
     ttfb_us: Vec<u32>,
     errors: u64,
+    /// Every request sent, the warm-up's included.
+    sent: u64,
 }
 
 impl Samples {
@@ -150,6 +152,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                             break;
                         }
                         let r = one(&s, start).await;
+                        out.sent += 1;
                         if start >= measure_from {
                             out.add(r);
                         }
@@ -167,6 +170,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 tasks.push(tokio::spawn(async move {
                     let mut out = Samples::default();
                     let r = one(&s, scheduled).await;
+                    out.sent += 1;
                     if scheduled >= measure_from {
                         out.add(r);
                     }
@@ -183,11 +187,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         all.latency_us.extend(s.latency_us);
         all.ttfb_us.extend(s.ttfb_us);
         all.errors += s.errors;
+        all.sent += s.sent;
     }
     let measured = (Instant::now() - measure_from).as_secs_f64();
     let requests = all.latency_us.len() as u64;
     let result = serde_json::json!({
         "requests": requests,
+        "sent": all.sent,
         "errors": all.errors,
         "rps": requests as f64 / measured.min(duration),
         "latency_us": percentiles(&mut all.latency_us),
