@@ -57,6 +57,24 @@ pub struct RawRouting {
     pub fallbacks: Vec<RawFallback>,
     /// How reasoning is shown to clients whose key does not say.
     pub reasoning: crate::translate::reasoning::ReasoningMode,
+    /// Which upstream API serves which models, when providers speak both (translating
+    /// for clients of the other format); first match wins, else the client's own format.
+    pub upstream_api: Vec<RawUpstreamApi>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamApi {
+    /// A model pattern (`*` wildcard), matched after aliases.
+    pub model: String,
+    pub api: ApiKind,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ApiKind {
+    Openai,
+    Anthropic,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -75,6 +93,7 @@ impl Default for RawRouting {
             default_aliases: true,
             fallbacks: Vec::new(),
             reasoning: Default::default(),
+            upstream_api: Vec::new(),
         }
     }
 }
@@ -437,6 +456,7 @@ pub struct Settings {
     pub aliases: Vec<RawAlias>,
     pub fallbacks: Vec<RawFallback>,
     pub reasoning: crate::translate::reasoning::ReasoningMode,
+    pub upstream_api: Vec<RawUpstreamApi>,
     /// The file these settings came from (reloads read it again).
     pub source: Option<PathBuf>,
     pub accounting: AccountingSettings,
@@ -614,6 +634,7 @@ pub fn validate(raw: RawConfig, env_keys: Option<&str>) -> anyhow::Result<Settin
             .map(Secret::new),
         fallbacks: raw.routing.fallbacks,
         reasoning: raw.routing.reasoning,
+        upstream_api: raw.routing.upstream_api,
         aliases: {
             let mut a = raw.routing.aliases;
             if let Some(bad) = a.iter().find(|a| a.from.is_empty() || a.to.is_empty()) {

@@ -3,7 +3,7 @@
 //! which account and key is the scheduler's job ([`crate::upstream`]). Model aliases and
 //! tiers plug in here later.
 
-use crate::config::{RawAlias, RawFallback};
+use crate::config::{ApiKind, RawAlias, RawFallback, RawUpstreamApi};
 use crate::error::{ApiError, Dialect};
 use crate::request::RequestHead;
 use crate::store::KeyRow;
@@ -28,6 +28,7 @@ pub struct Route {
 pub struct Router {
     aliases: Vec<(String, String)>,
     fallbacks: Vec<RawFallback>,
+    upstream_api: Vec<RawUpstreamApi>,
 }
 
 /// `*` matches any run of characters; ASCII case is ignored.
@@ -64,7 +65,16 @@ fn strip_1m(model: &str) -> &str {
 
 impl Router {
     pub fn new(aliases: &[RawAlias], fallbacks: &[RawFallback]) -> Router {
+        Router::with_upstream_api(aliases, fallbacks, &[])
+    }
+
+    pub fn with_upstream_api(
+        aliases: &[RawAlias],
+        fallbacks: &[RawFallback],
+        upstream_api: &[RawUpstreamApi],
+    ) -> Router {
         Router {
+            upstream_api: upstream_api.to_vec(),
             aliases: aliases
                 .iter()
                 .map(|a| (a.from.clone(), a.to.clone()))
@@ -112,7 +122,19 @@ impl Router {
                 return Err(ApiError::ModelNotAllowed(model));
             }
         }
-        let (dialect, translate) = format_for(pool, dialect)?;
+        let preferred = self
+            .upstream_api
+            .iter()
+            .find(|r| glob(&r.model, &model))
+            .map(|r| match r.api {
+                ApiKind::Openai => Dialect::OpenAi,
+                ApiKind::Anthropic => Dialect::Anthropic,
+            })
+            .filter(|d| pool.speaks(*d));
+        let (dialect, translate) = match preferred {
+            Some(d) => (d, Direction::between(dialect, d)),
+            None => format_for(pool, dialect)?,
+        };
         Ok(Route {
             dialect,
             translate,

@@ -73,6 +73,8 @@ struct Last {
     x_api_key: String,
     anthropic_version: String,
     body_sha256: String,
+    /// `openai` or `anthropic`: which API the last request used.
+    api: &'static str,
 }
 
 struct Mock {
@@ -207,6 +209,7 @@ async fn stats(State(m): State<Arc<Mock>>) -> Json<Value> {
         "last_x_api_key": last.x_api_key,
         "last_anthropic_version": last.anthropic_version,
         "last_body_sha256": last.body_sha256,
+        "last_api": last.api,
     }))
 }
 
@@ -255,6 +258,7 @@ async fn respond(
                 x_api_key: x_api_key.clone(),
                 anthropic_version: header_str(&headers, "anthropic-version"),
                 body_sha256: hex::encode(Sha256::digest(&body)),
+                api: dialect.as_str(),
             };
         }
         auth.strip_prefix("Bearer ")

@@ -264,3 +264,44 @@ async fn reasoning_can_be_shown_as_think_tags_or_stripped_per_key() {
         .iter()
         .all(|r| r["outcome"] == "ok" && r["estimated"] == false));
 }
+
+#[tokio::test]
+async fn the_upstream_api_can_be_chosen_per_model_when_both_exist() {
+    let env = start(Opts {
+        tweak: |raw| {
+            raw.admin.token = Some(ADMIN_TOKEN.into());
+            raw.routing.upstream_api = vec![glmgate::config::RawUpstreamApi {
+                model: "glm-4.5*".into(),
+                api: glmgate::config::ApiKind::Openai,
+            }];
+        },
+        ..Opts::default()
+    })
+    .await;
+    let explain = env
+        .admin("/admin/routing/explain?api=anthropic&model=glm-4.5-air")
+        .await;
+    assert_eq!(explain["upstream_api"], "openai");
+    assert_eq!(explain["translation"], "AnthropicToOpenAi");
+    let explain = env
+        .admin("/admin/routing/explain?api=anthropic&model=glm-4.7")
+        .await;
+    assert_eq!(
+        explain["upstream_api"], "anthropic",
+        "passthrough otherwise"
+    );
+    assert!(explain["translation"].is_null());
+    let mut body = anthropic_body(true);
+    body["model"] = "glm-4.5-air".into();
+    let resp = env.anthropic(&body).await;
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.expect("stream");
+    assert!(text.contains("message_stop"));
+    assert_eq!(
+        env.mock_stats().await["last_api"],
+        "openai",
+        "served by the OpenAI API"
+    );
+    assert_eq!(env.anthropic(&anthropic_body(false)).await.status(), 200);
+    assert_eq!(env.mock_stats().await["last_api"], "anthropic");
+}
