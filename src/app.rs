@@ -43,10 +43,11 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<(Arc<AppState>, R
     tokio::spawn(save_limits(store.clone(), limits_rx));
     let state = AppState {
         auth: Authenticator::new(store.clone(), settings.key_cache_ttl),
-        router: crate::route::Router::with_upstream_api(
+        router: crate::route::Router::full(
             &settings.aliases,
             &settings.fallbacks,
             &settings.upstream_api,
+            &settings.tiers,
         ),
         upstream: Arc::new(Upstream::new(&settings.upstream, &restored, limits_tx)?),
         store,

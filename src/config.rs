@@ -60,6 +60,36 @@ pub struct RawRouting {
     /// Which upstream API serves which models, when providers speak both (translating
     /// for clients of the other format); first match wins, else the client's own format.
     pub upstream_api: Vec<RawUpstreamApi>,
+    /// Rule-based tiers: the first whose model pattern and conditions match picks the models.
+    pub tiers: Vec<RawTier>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RawTier {
+    /// A pattern (`*` wildcard) for the model the client asks for, before aliases.
+    pub model: String,
+    #[serde(default)]
+    pub when: TierWhen,
+    /// The first is used; the rest are fallbacks (see `fallbacks`).
+    pub models: Vec<String>,
+}
+
+/// Conditions of a tier; each one given must hold.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TierWhen {
+    /// Prompt size, estimated as body bytes / 4.
+    pub min_prompt_tokens: Option<u64>,
+    pub max_prompt_tokens: Option<u64>,
+    /// Whether the request declares tools.
+    pub tools: Option<bool>,
+    /// Whether any message carries an image.
+    pub images: Option<bool>,
+    /// Whether thinking / reasoning is asked for.
+    pub thinking: Option<bool>,
+    /// `max_tokens` at least this.
+    pub min_max_tokens: Option<u64>,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -94,6 +124,7 @@ impl Default for RawRouting {
             fallbacks: Vec::new(),
             reasoning: Default::default(),
             upstream_api: Vec::new(),
+            tiers: Vec::new(),
         }
     }
 }
@@ -457,6 +488,7 @@ pub struct Settings {
     pub fallbacks: Vec<RawFallback>,
     pub reasoning: crate::translate::reasoning::ReasoningMode,
     pub upstream_api: Vec<RawUpstreamApi>,
+    pub tiers: Vec<RawTier>,
     /// The file these settings came from (reloads read it again).
     pub source: Option<PathBuf>,
     pub accounting: AccountingSettings,
@@ -635,6 +667,12 @@ pub fn validate(raw: RawConfig, env_keys: Option<&str>) -> anyhow::Result<Settin
         fallbacks: raw.routing.fallbacks,
         reasoning: raw.routing.reasoning,
         upstream_api: raw.routing.upstream_api,
+        tiers: {
+            if let Some(t) = raw.routing.tiers.iter().find(|t| t.models.is_empty()) {
+                bail!("routing.tiers: the tier for `{}` lists no models", t.model);
+            }
+            raw.routing.tiers
+        },
         aliases: {
             let mut a = raw.routing.aliases;
             if let Some(bad) = a.iter().find(|a| a.from.is_empty() || a.to.is_empty()) {

@@ -77,9 +77,13 @@ async fn run(
     let body = request::read_body(body, state.settings.max_body_bytes).await?;
     let head = request::parse_head(dialect, &body)?;
     let mut head = head;
-    let route = state
-        .router
-        .route(&state.upstream.pool(), dialect, &head, Some(&key))?;
+    let route = state.router.route(
+        &state.upstream.pool(),
+        dialect,
+        &head,
+        Some(&key),
+        Some(&body),
+    )?;
     let request_bytes = body.len();
     let body = if route.model != head.model {
         let body = request::set_model(&body, &route.model)?;
@@ -113,7 +117,7 @@ async fn run(
         attempts: 0,
     };
     // When no account can serve the model (plan or quota), try the configured fallbacks.
-    let mut next = state.router.fallbacks(&route.model).iter();
+    let mut next = route.fallbacks.iter();
     let mut body = body;
     let opened = loop {
         let result = state

@@ -3,7 +3,7 @@
 //! which account and key is the scheduler's job ([`crate::upstream`]). Model aliases and
 //! tiers plug in here later.
 
-use crate::config::{ApiKind, RawAlias, RawFallback, RawUpstreamApi};
+use crate::config::{ApiKind, RawAlias, RawFallback, RawTier, RawUpstreamApi, TierWhen};
 use crate::error::{ApiError, Dialect};
 use crate::request::RequestHead;
 use crate::store::KeyRow;
@@ -19,8 +19,10 @@ pub struct Route {
     pub translate: Option<Direction>,
     /// The model asked of the upstream.
     pub model: String,
-    /// The alias pattern that chose it, if one did.
+    /// The alias pattern (or `tier:<pattern>`) that chose it, if one did.
     pub alias: Option<String>,
+    /// Models to try next when no account can serve `model`.
+    pub fallbacks: Vec<String>,
 }
 
 /// Model aliases, compiled from the config.
@@ -29,6 +31,7 @@ pub struct Router {
     aliases: Vec<(String, String)>,
     fallbacks: Vec<RawFallback>,
     upstream_api: Vec<RawUpstreamApi>,
+    tiers: Vec<RawTier>,
 }
 
 /// `*` matches any run of characters; ASCII case is ignored.
@@ -65,15 +68,17 @@ fn strip_1m(model: &str) -> &str {
 
 impl Router {
     pub fn new(aliases: &[RawAlias], fallbacks: &[RawFallback]) -> Router {
-        Router::with_upstream_api(aliases, fallbacks, &[])
+        Router::full(aliases, fallbacks, &[], &[])
     }
 
-    pub fn with_upstream_api(
+    pub fn full(
         aliases: &[RawAlias],
         fallbacks: &[RawFallback],
         upstream_api: &[RawUpstreamApi],
+        tiers: &[RawTier],
     ) -> Router {
         Router {
+            tiers: tiers.to_vec(),
             upstream_api: upstream_api.to_vec(),
             aliases: aliases
                 .iter()
@@ -105,18 +110,42 @@ impl Router {
         (model.to_string(), None)
     }
 
+    /// The first tier whose pattern matches `requested` and whose conditions `body` meets.
+    fn tier(&self, requested: &str, body: &[u8]) -> Option<&RawTier> {
+        let mut candidates = self
+            .tiers
+            .iter()
+            .filter(|t| glob(&t.model, requested))
+            .peekable();
+        candidates.peek()?;
+        let facts = Facts::of(body)?;
+        candidates.find(|t| facts.meet(&t.when))
+    }
+
     pub fn route(
         &self,
         pool: &Pool,
         dialect: Dialect,
         head: &RequestHead,
         key: Option<&KeyRow>,
+        body: Option<&[u8]>,
     ) -> Result<Route, ApiError> {
         let requested = key
             .and_then(|k| k.force_model.as_deref())
             .unwrap_or(&head.model);
-        let (model, alias) = self.resolve(requested);
-        let alias = alias.map(str::to_string);
+        let tier = body.and_then(|b| self.tier(requested, b));
+        let (model, alias, mut fallbacks) = match tier {
+            Some(t) => {
+                let (first, rest) = t.models.split_first().unwrap_or((&t.model, &[]));
+                let (model, _) = self.resolve(first);
+                (model, Some(format!("tier:{}", t.model)), rest.to_vec())
+            }
+            None => {
+                let (model, alias) = self.resolve(requested);
+                (model, alias.map(str::to_string), Vec::new())
+            }
+        };
+        fallbacks.extend(self.fallbacks(&model).iter().cloned());
         if let Some(allowed) = key.and_then(|k| k.models.as_deref()) {
             if !allowed.split(',').any(|p| glob(p.trim(), &model)) {
                 return Err(ApiError::ModelNotAllowed(model));
@@ -140,6 +169,7 @@ impl Router {
             translate,
             model,
             alias,
+            fallbacks,
         })
     }
 }
@@ -148,6 +178,58 @@ fn name(d: Dialect) -> &'static str {
     match d {
         Dialect::OpenAi => "OpenAI Chat Completions",
         Dialect::Anthropic => "Anthropic Messages",
+    }
+}
+
+/// What tiers look at in a request (either API format).
+struct Facts {
+    prompt_tokens: u64,
+    tools: bool,
+    images: bool,
+    thinking: bool,
+    max_tokens: u64,
+}
+
+impl Facts {
+    fn of(body: &[u8]) -> Option<Facts> {
+        let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+        let has = |k: &str| {
+            v.get(k)
+                .and_then(|t| t.as_array())
+                .is_some_and(|t| !t.is_empty())
+        };
+        let images = v["messages"].as_array().is_some_and(|ms| {
+            ms.iter().any(|m| {
+                m["content"].as_array().is_some_and(|parts| {
+                    parts
+                        .iter()
+                        .any(|p| matches!(p["type"].as_str(), Some("image" | "image_url")))
+                })
+            })
+        });
+        let thinking = matches!(v["thinking"]["type"].as_str(), Some("enabled" | "adaptive"))
+            || v["reasoning_effort"]
+                .as_str()
+                .is_some_and(|e| !matches!(e, "none" | "minimal"));
+        Some(Facts {
+            prompt_tokens: body.len() as u64 / 4,
+            tools: has("tools"),
+            images,
+            thinking,
+            max_tokens: v["max_completion_tokens"]
+                .as_u64()
+                .or_else(|| v["max_tokens"].as_u64())
+                .unwrap_or(0),
+        })
+    }
+
+    fn meet(&self, w: &TierWhen) -> bool {
+        w.min_prompt_tokens.is_none_or(|n| self.prompt_tokens >= n)
+            && w.max_prompt_tokens.is_none_or(|n| self.prompt_tokens <= n)
+            && w.tools.is_none_or(|b| self.tools == b)
+            && w.images.is_none_or(|b| self.images == b)
+            && w.thinking.is_none_or(|b| self.thinking == b)
+            && w.min_max_tokens.is_none_or(|n| self.max_tokens >= n)
     }
 }
 
@@ -180,6 +262,77 @@ fn format_for(pool: &Pool, dialect: Dialect) -> Result<(Dialect, Option<Directio
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tiers_pick_models_by_what_the_request_holds() {
+        let tier = |when: TierWhen, models: &[&str]| RawTier {
+            model: "auto".into(),
+            when,
+            models: models.iter().map(|m| m.to_string()).collect(),
+        };
+        let r = Router::full(
+            &[],
+            &[],
+            &[],
+            &[
+                tier(
+                    TierWhen {
+                        min_prompt_tokens: Some(1000),
+                        ..TierWhen::default()
+                    },
+                    &["glm-4.7", "glm-4.6"],
+                ),
+                tier(
+                    TierWhen {
+                        images: Some(true),
+                        ..TierWhen::default()
+                    },
+                    &["glm-4.6v"],
+                ),
+                tier(
+                    TierWhen {
+                        tools: Some(true),
+                        thinking: Some(false),
+                        ..TierWhen::default()
+                    },
+                    &["glm-4.5"],
+                ),
+                tier(TierWhen::default(), &["glm-4.5-air"]),
+            ],
+        );
+        let pick = |body: serde_json::Value| {
+            r.tier("auto", body.to_string().as_bytes())
+                .map(|t| t.models.clone())
+        };
+        let msgs = serde_json::json!([{"role": "user", "content": "hi"}]);
+        assert_eq!(
+            pick(serde_json::json!({"messages": [{"role": "user", "content": "x".repeat(5000)}]})),
+            Some(vec!["glm-4.7".to_string(), "glm-4.6".to_string()])
+        );
+        assert_eq!(
+            pick(
+                serde_json::json!({"messages": [{"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA"}}]}]})
+            ),
+            Some(vec!["glm-4.6v".to_string()])
+        );
+        assert_eq!(
+            pick(serde_json::json!({"messages": msgs, "tools": [{"name": "f"}]})),
+            Some(vec!["glm-4.5".to_string()])
+        );
+        assert_eq!(
+            pick(
+                serde_json::json!({"messages": msgs, "tools": [{"name": "f"}],
+                                    "thinking": {"type": "enabled"}})
+            ),
+            Some(vec!["glm-4.5-air".to_string()]),
+            "thinking rules the tools tier out"
+        );
+        assert!(
+            r.tier("glm-4.7", b"{}").is_none(),
+            "only the tier's own model name"
+        );
+    }
 
     #[test]
     fn globs_match_case_insensitively() {

@@ -38,7 +38,10 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
         .route("/ready", get(ready))
         .route("/admin/upstreams", get(admin_upstreams))
         .route("/admin/reload", post(admin_reload))
-        .route("/admin/routing/explain", get(admin_explain))
+        .route(
+            "/admin/routing/explain",
+            get(admin_explain).post(admin_explain),
+        )
         .route(
             "/api/event_logging/{*rest}",
             any(|| async { StatusCode::NO_CONTENT }),
@@ -248,7 +251,6 @@ async fn count_tokens(State(state): State<Arc<AppState>>, req: Request) -> Respo
     }
 }
 
-#[derive(serde::Deserialize)]
 struct ExplainQuery {
     model: String,
     /// `openai` or `anthropic` (the client's API); default `anthropic`.
@@ -261,18 +263,33 @@ struct ExplainQuery {
 async fn admin_explain(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    query: Result<axum::extract::Query<ExplainQuery>, axum::extract::rejection::QueryRejection>,
+    raw_query: axum::extract::RawQuery,
+    body: axum::body::Bytes,
 ) -> Response {
     if let Some(r) = admin_refusal(&state, &headers) {
         return r;
     }
-    let Ok(axum::extract::Query(q)) = query else {
+    // A sample request body (POST) gives the model and what tiers look at; the query
+    // gives the client API, and the model when there is no body.
+    let sample: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
+    let (query_model, api) = raw_query
+        .0
+        .as_deref()
+        .map(explain_query)
+        .unwrap_or_default();
+    let model = sample
+        .as_ref()
+        .and_then(|v| v["model"].as_str())
+        .map(str::to_string)
+        .or(query_model);
+    let Some(model) = model else {
         return (
             StatusCode::BAD_REQUEST,
-            Json(json!({"error": {"type": "invalid_request", "message": "use ?model=<id>[&api=openai|anthropic]"}})),
+            Json(json!({"error": {"type": "invalid_request", "message": "use ?model=<id>[&api=openai|anthropic], or POST a sample request body"}})),
         )
             .into_response();
     };
+    let q = ExplainQuery { model, api };
     let dialect = match q.api.as_deref() {
         Some("openai") => Dialect::OpenAi,
         _ => Dialect::Anthropic,
@@ -282,7 +299,8 @@ async fn admin_explain(
         model: q.model.clone(),
         stream: false,
     };
-    match state.router.route(&pool, dialect, &head, None) {
+    let sample_body = (!body.is_empty()).then_some(&body[..]);
+    match state.router.route(&pool, dialect, &head, None, sample_body) {
         Ok(route) => Json(json!({
             "requested_model": q.model,
             "model": route.model,
@@ -290,6 +308,7 @@ async fn admin_explain(
             "client_api": dialect.as_str(),
             "upstream_api": route.dialect.as_str(),
             "translation": route.translate.map(|d| format!("{d:?}")),
+            "fallbacks": route.fallbacks,
             "upstreams": pool.explain(route.dialect, &route.model),
         }))
         .into_response(),
@@ -300,4 +319,17 @@ async fn admin_explain(
         }))
         .into_response(),
     }
+}
+
+/// `(model, api)` from a query string (values percent-decoded).
+fn explain_query(q: &str) -> (Option<String>, Option<String>) {
+    let (mut model, mut api) = (None, None);
+    for (k, v) in url::form_urlencoded::parse(q.as_bytes()) {
+        match k.as_ref() {
+            "model" => model = Some(v.into_owned()),
+            "api" => api = Some(v.into_owned()),
+            _ => {}
+        }
+    }
+    (model, api)
 }

@@ -624,3 +624,43 @@ async fn a_model_no_account_can_serve_falls_back_to_the_next() {
     let e: Value = resp.json().await.expect("json");
     assert_eq!(e["error"]["code"], "model_not_found");
 }
+
+#[tokio::test]
+async fn tiers_choose_models_from_what_a_request_holds() {
+    let rest = format!(
+        r#"
+[[routing.tiers]]
+model = "auto"
+when = {{ tools = true }}
+models = ["glm-4.7", "glm-4.6"]
+[[routing.tiers]]
+model = "auto"
+models = ["glm-4.5-air"]
+{}"#,
+        two_accounts("keys = [\"k1\"]", "keys = [\"k2\"]")
+    );
+    let (env, _) = start_file(MockOptions::default(), &rest).await;
+    let mut plain = openai_body(false);
+    plain["model"] = "auto".into();
+    let mut tools = plain.clone();
+    tools["tools"] = serde_json::json!([{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]);
+    let c: Value = env.openai(&plain).await.json().await.expect("json");
+    assert_eq!(c["model"], "glm-4.5-air");
+    let c: Value = env.openai(&tools).await.json().await.expect("json");
+    assert_eq!(c["model"], "glm-4.7");
+    // The explain endpoint takes a sample request.
+    let explain: Value = env
+        .http
+        .post(env.url("/admin/routing/explain?api=openai"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&tools)
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(explain["model"], "glm-4.7");
+    assert_eq!(explain["alias"], "tier:auto");
+    assert_eq!(explain["fallbacks"], serde_json::json!(["glm-4.6"]));
+}
