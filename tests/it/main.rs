@@ -3,6 +3,7 @@
 
 mod common;
 mod errors;
+mod golden;
 mod lifecycle;
 mod passthrough;
 mod pools;
