@@ -54,6 +54,9 @@ enum Command {
         /// Fault spec applied to every request, e.g. `429-1302` or `slow-chunks=100`.
         #[arg(long)]
         fault: Option<String>,
+        /// Serve one API format only (`openai` or `anthropic`), like a single-format upstream.
+        #[arg(long)]
+        only: Option<String>,
     },
     /// Manage client keys.
     Keys {
@@ -159,8 +162,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             first_byte_ms,
             chunk_delay_ms,
             fault,
+            only,
         } => {
             init_logging(LogFormat::Text, "info");
+            let only = match only.as_deref() {
+                None | Some("both") => None,
+                Some("openai") => Some(crate::error::Dialect::OpenAi),
+                Some("anthropic") => Some(crate::error::Dialect::Anthropic),
+                Some(other) => anyhow::bail!("--only: `{other}`; use openai or anthropic"),
+            };
             if let Some(spec) = &fault {
                 crate::mock::faults::Faults::default()
                     .add(spec)
@@ -173,6 +183,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 first_byte_delay: Duration::from_millis(first_byte_ms),
                 chunk_delay: Duration::from_millis(chunk_delay_ms),
                 fault,
+                only,
             };
             tokio::select! {
                 r = crate::mock::serve(listener, options) => r?,

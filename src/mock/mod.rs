@@ -45,6 +45,9 @@ pub struct MockOptions {
     pub chunk_delay: Duration,
     /// A fault spec applied to every request (see [`faults`]).
     pub fault: Option<String>,
+    /// Serve only one API format (`Some(OpenAi)`: an OpenAI-only upstream); the other's
+    /// paths answer 404, as a real single-format upstream would.
+    pub only: Option<Dialect>,
 }
 
 impl Default for MockOptions {
@@ -54,6 +57,7 @@ impl Default for MockOptions {
             first_byte_delay: Duration::ZERO,
             chunk_delay: Duration::ZERO,
             fault: None,
+            only: None,
         }
     }
 }
@@ -116,6 +120,7 @@ impl Drop for KeySlot {
 }
 
 pub fn router(options: MockOptions) -> axum::Router {
+    let only = options.only;
     let mock = Arc::new(Mock {
         options,
         stats: Stats::default(),
@@ -125,18 +130,24 @@ pub fn router(options: MockOptions) -> axum::Router {
         post(|s: State<Arc<Mock>>, h: HeaderMap, b: Bytes| respond(s, Dialect::OpenAi, h, b));
     let anthropic =
         post(|s: State<Arc<Mock>>, h: HeaderMap, b: Bytes| respond(s, Dialect::Anthropic, h, b));
-    axum::Router::new()
-        .route("/api/paas/v4/chat/completions", openai.clone())
-        .route("/api/coding/paas/v4/chat/completions", openai.clone())
-        .route("/v1/chat/completions", openai)
-        .route("/api/anthropic/v1/messages", anthropic.clone())
-        .route("/v1/messages", anthropic)
-        .route(
-            "/api/anthropic/v1/messages/count_tokens",
-            post(count_tokens),
-        )
-        .route("/v1/messages/count_tokens", post(count_tokens))
-        .route("/_mock/stats", get(stats))
+    let mut app = axum::Router::new();
+    if only != Some(Dialect::Anthropic) {
+        app = app
+            .route("/api/paas/v4/chat/completions", openai.clone())
+            .route("/api/coding/paas/v4/chat/completions", openai.clone())
+            .route("/v1/chat/completions", openai);
+    }
+    if only != Some(Dialect::OpenAi) {
+        app = app
+            .route("/api/anthropic/v1/messages", anthropic.clone())
+            .route("/v1/messages", anthropic)
+            .route(
+                "/api/anthropic/v1/messages/count_tokens",
+                post(count_tokens),
+            )
+            .route("/v1/messages/count_tokens", post(count_tokens));
+    }
+    app.route("/_mock/stats", get(stats))
         .route(crate::upstream::quota::QUOTA_PATH, get(quota))
         .with_state(mock)
 }

@@ -5,8 +5,13 @@ use serde_json::Value;
 
 use crate::common::*;
 
+/// The mock serves only the OpenAI API, and the gateway is configured for that alone.
 fn openai_only() -> Opts {
     Opts {
+        mock: glmgate::mock::MockOptions {
+            only: Some(glmgate::error::Dialect::OpenAi),
+            ..Default::default()
+        },
         tweak: |raw| raw.upstream.anthropic_base_url = Some(String::new()),
         ..Opts::default()
     }
@@ -80,6 +85,10 @@ async fn translated_errors_keep_the_status_in_anthropic_shape() {
 
 fn anthropic_only() -> Opts {
     Opts {
+        mock: glmgate::mock::MockOptions {
+            only: Some(glmgate::error::Dialect::Anthropic),
+            ..Default::default()
+        },
         tweak: |raw| raw.upstream.openai_base_url = Some(String::new()),
         ..Opts::default()
     }

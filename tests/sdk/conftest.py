@@ -56,10 +56,13 @@ def start_gateway(formats):
     mock_port, gw_port = free_port(), free_port()
     procs = []
     try:
-        procs.append(subprocess.Popen([BIN, "mock", "--listen", f"127.0.0.1:{mock_port}"],
+        # A single-format mock: the other API's paths do not exist, as on such an upstream.
+        only = [] if formats == "both" else ["--only", formats]
+        procs.append(subprocess.Popen([BIN, "mock", "--listen", f"127.0.0.1:{mock_port}", *only],
                                       stderr=open(os.path.join(tmp, "mock.log"), "w")))
         mock = f"http://127.0.0.1:{mock_port}"
         wait_http(f"{mock}/_mock/stats")
+        # The gateway is configured with the API the mock serves, and no other.
         openai = f"{mock}/api/coding/paas/v4" if formats in ("both", "openai") else ""
         anthropic = f"{mock}/api/anthropic" if formats in ("both", "anthropic") else ""
         config = os.path.join(tmp, "glmgate.toml")
