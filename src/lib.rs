@@ -6,15 +6,16 @@
 //! |---|---|
 //! | authenticate the client key | [`auth`] |
 //! | read and validate the body | [`request`] |
-//! | pick the upstream format (passthrough, or translation) | [`route`], [`translate`] |
-//! | admit (quotas; a seam for later) | [`proxy`] |
-//! | send upstream, with timeouts | [`upstream`] |
+//! | pick the model and upstream format (aliases, tiers; passthrough or translation) | [`route`], [`translate`] |
+//! | admit (client quotas: a seam for later) | [`proxy`] |
+//! | admit upstream, send, retry elsewhere before the first byte | [`upstream`] |
 //! | stream the answer back, metering usage as it passes | [`meter`], [`proxy`] |
 //! | record usage in batches | [`accounting`], [`store`] |
 //!
 //! [`app`] assembles the router and serves it; [`config`] loads TOML with env overrides;
 //! [`error`] renders every failure in the caller's own API format; [`mock`] is the
-//! Z.AI-compatible mock upstream used by tests, the demo and the benchmarks.
+//! Z.AI-compatible mock upstream used by tests, the demo and the benchmarks; [`tokens`]
+//! counts tokens locally for `count_tokens`.
 
 pub mod accounting;
 pub mod app;
