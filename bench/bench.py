@@ -324,6 +324,8 @@ def run_table(args):
         time.sleep(1)
         idle = {"glmgate": rss_mb(rig.gg.pid), "nginx": rss_mb(rig.nginx.pid)}
         concurrencies = [1, 64] if args.quick else [1, 16, 64, 256]
+        if args.concurrency:
+            concurrencies = [int(c) for c in args.concurrency.split(",")]
         scenarios = list(SCENARIOS) if not args.only else args.only.split(",")
         rows = []
         for scenario in scenarios:
@@ -489,6 +491,7 @@ def main():
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--duration", type=float, default=5.0)
     ap.add_argument("--rate", type=int, default=1000, help="open-loop requests per second")
+    ap.add_argument("--concurrency", help="comma-separated concurrency levels (default 1,16,64,256)")
     ap.add_argument("--only", help="comma-separated scenarios: " + ",".join(SCENARIOS))
     ap.add_argument("--soak", type=float, metavar="MINUTES")
     ap.add_argument("--streams", type=int, metavar="N")

@@ -26,6 +26,7 @@ use crate::config::Policy;
 use crate::error::{ApiError, Dialect};
 use crate::meter::{Meter, Usage};
 use crate::request::{self, RequestHead};
+use crate::route;
 use crate::translate::reasoning::{ReasoningFilter, ReasoningMode};
 use crate::translate::{ResponseTranslator, Translation};
 use crate::upstream::classify::Class;
@@ -75,8 +76,7 @@ async fn run(
     let (parts, body) = req.into_parts();
     let key = state.auth.authenticate(&parts.headers, &parts.uri).await?;
     let body = request::read_body(body, state.settings.max_body_bytes).await?;
-    let head = request::parse_head(dialect, &body)?;
-    let mut head = head;
+    let mut head = request::parse_head(dialect, &body)?;
     let route = state.router.route(
         &state.upstream.pool(),
         dialect,
@@ -86,9 +86,8 @@ async fn run(
     )?;
     let request_bytes = body.len();
     let body = if route.model != head.model {
-        let body = request::set_model(&body, &route.model)?;
         head.model = route.model.clone();
-        body
+        request::set_model(&body, &route.model)?
     } else {
         body
     };
@@ -116,35 +115,9 @@ async fn run(
         account: None,
         attempts: 0,
     };
-    // When no account can serve the model (plan or quota), try the configured fallbacks.
-    let mut next = route.fallbacks.iter();
-    let mut body = body;
-    let opened = loop {
-        let result = state
-            .upstream
-            .send(
-                route.dialect,
-                &ledger.head.model,
-                &parts.headers,
-                body.clone(),
-            )
-            .await;
-        let unservable = match &result {
-            Err(ApiError::QuotaExhausted { .. } | ApiError::ModelUnavailable(_)) => true,
-            Ok(o) => matches!(o.failure, Some(Class::Plan | Class::Quota)),
-            Err(_) => false,
-        };
-        match next.next() {
-            Some(model) if unservable => {
-                tracing::info!(request_id, from = %ledger.head.model, to = %model, "model unavailable; falling back");
-                body = request::set_model(&body, model)?;
-                ledger.head.model = model.clone();
-            }
-            _ => match result {
-                Ok(o) => break o,
-                Err(e) => return Err(ledger.fail(e)),
-            },
-        }
+    let opened = match send_with_fallbacks(state, &route, &parts.headers, body, &mut ledger).await {
+        Ok(o) => o,
+        Err(e) => return Err(ledger.fail(e)),
     };
     let reasoning = key
         .reasoning
@@ -158,6 +131,37 @@ async fn run(
         translation,
         reasoning,
     ))
+}
+
+/// Sends upstream; when no account can serve the model (plan or quota), tries the route's
+/// fallback models in turn, and records in the ledger the model that answered.
+async fn send_with_fallbacks(
+    state: &AppState,
+    route: &route::Route,
+    headers: &HeaderMap,
+    mut body: Bytes,
+    ledger: &mut Ledger,
+) -> Result<Opened, ApiError> {
+    let mut next = route.fallbacks.iter();
+    loop {
+        let result = state
+            .upstream
+            .send(route.dialect, &ledger.head.model, headers, body.clone())
+            .await;
+        let unservable = match &result {
+            Err(ApiError::QuotaExhausted { .. } | ApiError::ModelUnavailable(_)) => true,
+            Ok(o) => matches!(o.failure, Some(Class::Plan | Class::Quota)),
+            Err(_) => false,
+        };
+        match next.next() {
+            Some(model) if unservable => {
+                tracing::info!(request_id = %ledger.request_id, from = %ledger.head.model, to = %model, "model unavailable; falling back");
+                body = request::set_model(&body, model)?;
+                ledger.head.model = model.clone();
+            }
+            _ => return result,
+        }
+    }
 }
 
 /// Streams the upstream answer back through a [`MeteredBody`], translated into the
