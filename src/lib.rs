@@ -30,6 +30,7 @@ pub mod proxy;
 pub mod request;
 pub mod route;
 pub mod routes;
+pub mod sse;
 pub mod store;
 pub mod tokens;
 pub mod translate;

@@ -198,8 +198,7 @@ impl JsonMeter {
 #[derive(Debug)]
 pub struct SseMeter {
     dialect: Dialect,
-    /// Bytes of a line not yet terminated by `\n`.
-    partial: Vec<u8>,
+    lines: crate::sse::Lines,
     openai: Option<Usage>,
     anthropic: AnthropicCounts,
     out: Metered,
@@ -209,7 +208,7 @@ impl SseMeter {
     fn new(dialect: Dialect) -> SseMeter {
         SseMeter {
             dialect,
-            partial: Vec::new(),
+            lines: Default::default(),
             openai: None,
             anthropic: AnthropicCounts::default(),
             out: Metered::default(),
@@ -218,34 +217,15 @@ impl SseMeter {
 
     fn feed(&mut self, chunk: &[u8]) {
         self.out.bytes += chunk.len() as u64;
-        let mut rest = chunk;
-        if !self.partial.is_empty() {
-            match memchr::memchr(b'\n', rest) {
-                Some(i) => {
-                    self.partial.extend_from_slice(&rest[..i]);
-                    let line = std::mem::take(&mut self.partial);
-                    self.line(&line);
-                    rest = &rest[i + 1..];
-                }
-                None => {
-                    self.partial.extend_from_slice(rest);
-                    return;
-                }
-            }
-        }
-        while let Some(i) = memchr::memchr(b'\n', rest) {
-            self.line(&rest[..i]);
-            rest = &rest[i + 1..];
-        }
-        self.partial.extend_from_slice(rest);
+        let mut lines = std::mem::take(&mut self.lines);
+        lines.feed(chunk, |line| self.line(line));
+        self.lines = lines;
     }
 
     fn line(&mut self, line: &[u8]) {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let Some(payload) = line.strip_prefix(b"data:") else {
+        let Some(payload) = crate::sse::data(line) else {
             return;
         };
-        let payload = payload.strip_prefix(b" ").unwrap_or(payload);
         if payload == b"[DONE]" {
             self.out.complete = true;
             return;
@@ -289,9 +269,8 @@ impl SseMeter {
     fn finish(&mut self) -> Metered {
         // An unterminated last line counts only if it is whole (a cut stream leaves half
         // an event behind, which is not an event).
-        let line = std::mem::take(&mut self.partial);
-        let payload = line.strip_prefix(b"data:").map(|p| p.trim_ascii());
-        if let Some(p) = payload {
+        let line = self.lines.take_rest();
+        if let Some(p) = crate::sse::data(&line) {
             if p == b"[DONE]" || serde_json::from_slice::<serde::de::IgnoredAny>(p).is_ok() {
                 self.line(&line);
             }
