@@ -27,7 +27,7 @@ use crate::error::{ApiError, Dialect};
 use crate::meter::{Meter, Usage};
 use crate::request::{self, RequestHead};
 use crate::route;
-use crate::translate::reasoning::{ReasoningFilter, ReasoningMode};
+use crate::translate::reasoning::{self, ReasoningFilter, ReasoningMode};
 use crate::translate::{ResponseTranslator, Translation};
 use crate::upstream::classify::Class;
 use crate::upstream::pool::Permit;
@@ -91,7 +91,7 @@ async fn run(
     } else {
         body
     };
-    let (body, translation) = match route.translate {
+    let (body, mut translation) = match route.translate {
         None => (body, None),
         Some(direction) => {
             let (body, t) = Translation::request(direction, &body)?;
@@ -107,7 +107,7 @@ async fn run(
         head,
         started,
         request_bytes,
-        upstream_dialect: route.dialect,
+        meter_dialect: route.dialect,
         status: StatusCode::BAD_GATEWAY,
         outcome: None,
         ttfb_ms: None,
@@ -115,15 +115,28 @@ async fn run(
         account: None,
         attempts: 0,
     };
-    let opened = match send_with_fallbacks(state, &route, &parts.headers, body, &mut ledger).await {
-        Ok(o) => o,
-        Err(e) => return Err(ledger.fail(e)),
-    };
+    let mut opened =
+        match send_with_fallbacks(state, &route, &parts.headers, body, &mut ledger).await {
+            Ok(o) => o,
+            Err(e) => return Err(ledger.fail(e)),
+        };
     let reasoning = key
         .reasoning
         .as_deref()
         .and_then(ReasoningMode::parse)
         .unwrap_or(state.settings.reasoning);
+    let policy = &state.upstream.pool().policy;
+    if let Err(e) = rewrite_whole(
+        &mut opened,
+        &mut translation,
+        reasoning,
+        &mut ledger,
+        policy.idle_timeout,
+    )
+    .await
+    {
+        return Err(ledger.fail(e));
+    }
     Ok(stream_back(
         opened,
         ledger,
@@ -164,6 +177,46 @@ async fn send_with_fallbacks(
     }
 }
 
+/// Whole answers that the client gets in another shape (a translated error or non-stream
+/// answer, or reasoning rewritten) are read and rewritten before the status goes out, so
+/// an answer that cannot be translated is still a clean 502 in the client's format. The
+/// meter then reads the rewritten, client-format body.
+async fn rewrite_whole(
+    opened: &mut Opened,
+    translation: &mut Option<Translation>,
+    reasoning: ReasoningMode,
+    ledger: &mut Ledger,
+    idle: std::time::Duration,
+) -> Result<(), ApiError> {
+    let success = opened.status.is_success();
+    let wanted = if success {
+        !opened.is_sse && (translation.is_some() || reasoning != ReasoningMode::Passthrough)
+    } else {
+        translation.is_some()
+    };
+    if !wanted {
+        return Ok(());
+    }
+    let mut body = opened.read_whole(idle).await?;
+    if let Some(t) = translation.take() {
+        body = if success {
+            t.response(&body).ok_or_else(|| {
+                ApiError::UpstreamInvalid("the answer could not be translated".into())
+            })?
+        } else {
+            Bytes::from(t.error(opened.status.as_u16(), &body, &ledger.request_id))
+        };
+    }
+    if success && reasoning != ReasoningMode::Passthrough {
+        if let Some(b) = reasoning::rewrite_whole(reasoning, ledger.dialect, &body) {
+            body = b;
+        }
+    }
+    opened.set_json_body(body);
+    ledger.meter_dialect = ledger.dialect;
+    Ok(())
+}
+
 /// Streams the upstream answer back through a [`MeteredBody`], translated into the
 /// client's format when `translation` is set.
 fn stream_back(
@@ -185,47 +238,32 @@ fn stream_back(
     }
     let is_sse = opened.is_sse;
     ledger.ttfb_ms = Some(ledger.started.elapsed().as_millis() as u64);
-    // The meter reads the upstream's own format.
-    ledger.meter = Some(Meter::new(ledger.upstream_dialect, is_sse));
+    ledger.meter = Some(Meter::new(ledger.meter_dialect, is_sse));
     if is_sse && !headers.contains_key(header::CACHE_CONTROL) {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     }
+    // Counted against the upstream's own length (for a rewritten stream it is not sent).
     let mut remaining = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    // Streams are rewritten event by event as they pass (whole answers were rewritten
+    // before: see `rewrite_whole`).
     let mut translator: Option<Box<dyn ResponseTranslator>> = None;
-    if let Some(t) = translation {
-        // The client gets a body of another length, framed by chunks.
-        headers.remove(header::CONTENT_LENGTH);
-        if !status.is_success() {
-            // Error answers are read whole upstream; give the client its own error shape.
-            let body = opened.first.take().unwrap_or_default();
-            let translated = t.error(status.as_u16(), &body, &ledger.request_id);
-            remaining = Some(translated.len() as u64);
-            opened.first = Some(Bytes::from(translated));
-            headers.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-        } else {
-            translator = Some(t.translator(is_sse));
-            if !is_sse {
-                headers.insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json"),
-                );
-            }
+    if is_sse && status.is_success() {
+        translator = translation.map(Translation::stream_translator);
+        if reasoning != ReasoningMode::Passthrough {
+            translator = Some(Box::new(ReasoningFilter::new(
+                reasoning,
+                ledger.dialect,
+                translator.take(),
+            )));
         }
-    }
-    if reasoning != ReasoningMode::Passthrough && status.is_success() {
-        headers.remove(header::CONTENT_LENGTH);
-        translator = Some(Box::new(ReasoningFilter::new(
-            reasoning,
-            ledger.dialect,
-            is_sse,
-            translator.take(),
-        )));
+        if translator.is_some() {
+            // The client gets a body of another length, framed by chunks.
+            headers.remove(header::CONTENT_LENGTH);
+            remaining = None;
+        }
     }
     let now = tokio::time::Instant::now();
     let total_deadline = tokio::time::Instant::from_std(ledger.started) + policy.total_timeout;
@@ -260,8 +298,9 @@ struct Ledger {
     request_id: String,
     key_id: i64,
     dialect: Dialect,
-    /// The format the upstream speaks (the meter reads it).
-    upstream_dialect: Dialect,
+    /// The format of the bytes the meter reads: the upstream's, or the client's when the
+    /// answer was rewritten whole before it was sent.
+    meter_dialect: Dialect,
     head: RequestHead,
     started: Instant,
     request_bytes: usize,

@@ -383,45 +383,6 @@ pub fn error(status: u16, body: &[u8], request_id: &str) -> Value {
     json!({"type": "error", "error": error, "request_id": request_id})
 }
 
-/// Non-stream answers: gathered, then translated whole.
-pub struct JsonTranslator {
-    ctx: Context,
-    buf: BytesMut,
-    done: bool,
-}
-
-impl JsonTranslator {
-    pub fn new(ctx: Context) -> Self {
-        JsonTranslator {
-            ctx,
-            buf: BytesMut::new(),
-            done: false,
-        }
-    }
-}
-
-impl ResponseTranslator for JsonTranslator {
-    fn feed(&mut self, chunk: &[u8]) -> Bytes {
-        self.buf.extend_from_slice(chunk);
-        Bytes::new()
-    }
-
-    fn finish(&mut self) -> Bytes {
-        if std::mem::replace(&mut self.done, true) {
-            return Bytes::new();
-        }
-        let body = std::mem::take(&mut self.buf);
-        match response(&body, &self.ctx) {
-            Some(v) => Bytes::from(v.to_string()),
-            None => Bytes::from(
-                json!({"type": "error", "error": {"type": "api_error",
-                    "message": "the upstream answer could not be translated"}})
-                .to_string(),
-            ),
-        }
-    }
-}
-
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Block {
     Thinking,
@@ -432,8 +393,7 @@ enum Block {
 /// OpenAI chunks → Anthropic events, as they arrive.
 pub struct StreamTranslator {
     ctx: Context,
-    /// Bytes of an incomplete line carried to the next chunk.
-    line: Vec<u8>,
+    lines: crate::sse::Lines,
     started: bool,
     /// The open block and its index.
     open: Option<(Block, usize)>,
@@ -450,7 +410,7 @@ impl StreamTranslator {
     pub fn new(ctx: Context) -> Self {
         StreamTranslator {
             ctx,
-            line: Vec::new(),
+            lines: Default::default(),
             started: false,
             open: None,
             next_index: 0,
@@ -638,34 +598,21 @@ impl StreamTranslator {
 
 impl ResponseTranslator for StreamTranslator {
     fn feed(&mut self, chunk: &[u8]) -> Bytes {
-        let mut rest = chunk;
-        while let Some(nl) = memchr::memchr(b'\n', rest) {
-            let (line, tail) = rest.split_at(nl);
-            rest = &tail[1..];
-            let full;
-            let line = if self.line.is_empty() {
-                line
-            } else {
-                self.line.extend_from_slice(line);
-                full = std::mem::take(&mut self.line);
-                &full[..]
+        let mut lines = std::mem::take(&mut self.lines);
+        lines.feed(chunk, |line| {
+            let Some(data) = crate::sse::data(line) else {
+                return;
             };
-            let Some(data) = line.strip_prefix(b"data:") else {
-                continue;
-            };
-            let data = data.trim_ascii();
             if self.done {
-                continue;
+                return;
             }
             if data == b"[DONE]" {
                 self.end();
-                continue;
-            }
-            if let Ok(v) = serde_json::from_slice::<Value>(data) {
+            } else if let Ok(v) = serde_json::from_slice::<Value>(data) {
                 self.on_chunk(&v);
             }
-        }
-        self.line.extend_from_slice(rest);
+        });
+        self.lines = lines;
         self.out.split().freeze()
     }
 

@@ -33,7 +33,8 @@ impl Direction {
     }
 }
 
-/// Converts an upstream response body, chunk by chunk, into the client's format.
+/// Converts an upstream event stream, chunk by chunk, into the client's format. (Whole
+/// answers are converted before the status is sent: see [`Translation::response`].)
 pub trait ResponseTranslator: Send {
     /// Bytes for the client from one upstream chunk (possibly none yet).
     fn feed(&mut self, chunk: &[u8]) -> Bytes;
@@ -70,13 +71,20 @@ impl Translation {
         }
     }
 
-    /// The translator for a successful answer.
-    pub fn translator(self, is_sse: bool) -> Box<dyn ResponseTranslator> {
-        match (self, is_sse) {
-            (Translation::A2O(c), true) => Box::new(a2o::StreamTranslator::new(c)),
-            (Translation::A2O(c), false) => Box::new(a2o::JsonTranslator::new(c)),
-            (Translation::O2A(c), true) => Box::new(o2a::StreamTranslator::new(c)),
-            (Translation::O2A(c), false) => Box::new(o2a::JsonTranslator::new(c)),
+    /// A whole successful answer in the client's shape; `None` if it does not parse.
+    pub fn response(&self, body: &[u8]) -> Option<Bytes> {
+        let v = match self {
+            Translation::A2O(c) => a2o::response(body, c)?,
+            Translation::O2A(c) => o2a::response(body, c)?,
+        };
+        Some(Bytes::from(v.to_string()))
+    }
+
+    /// The translator for a successful event stream.
+    pub fn stream_translator(self) -> Box<dyn ResponseTranslator> {
+        match self {
+            Translation::A2O(c) => Box::new(a2o::StreamTranslator::new(c)),
+            Translation::O2A(c) => Box::new(o2a::StreamTranslator::new(c)),
         }
     }
 }

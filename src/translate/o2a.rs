@@ -363,45 +363,10 @@ pub fn error(status: u16, body: &[u8]) -> Value {
                      "code": code.map(|c| c.to_string())}})
 }
 
-pub struct JsonTranslator {
-    ctx: Context,
-    buf: BytesMut,
-    done: bool,
-}
-
-impl JsonTranslator {
-    pub fn new(ctx: Context) -> Self {
-        JsonTranslator {
-            ctx,
-            buf: BytesMut::new(),
-            done: false,
-        }
-    }
-}
-
-impl ResponseTranslator for JsonTranslator {
-    fn feed(&mut self, chunk: &[u8]) -> Bytes {
-        self.buf.extend_from_slice(chunk);
-        Bytes::new()
-    }
-
-    fn finish(&mut self) -> Bytes {
-        if std::mem::replace(&mut self.done, true) {
-            return Bytes::new();
-        }
-        let body = std::mem::take(&mut self.buf);
-        let v = response(&body, &self.ctx).unwrap_or_else(|| {
-            json!({"error": {"message": "the upstream answer could not be translated",
-                             "type": "server_error", "param": null, "code": "translation_failed"}})
-        });
-        Bytes::from(v.to_string())
-    }
-}
-
 /// Anthropic events → OpenAI chunks, as they arrive.
 pub struct StreamTranslator {
     ctx: Context,
-    line: Vec<u8>,
+    lines: crate::sse::Lines,
     id: String,
     created: i64,
     /// Anthropic block index → OpenAI tool-call index.
@@ -416,7 +381,7 @@ impl StreamTranslator {
     pub fn new(ctx: Context) -> Self {
         StreamTranslator {
             ctx,
-            line: Vec::new(),
+            lines: Default::default(),
             id: completion_id(None),
             created: chrono::Utc::now().timestamp(),
             tools: Vec::new(),
@@ -536,29 +501,19 @@ impl StreamTranslator {
 
 impl ResponseTranslator for StreamTranslator {
     fn feed(&mut self, chunk: &[u8]) -> Bytes {
-        let mut rest = chunk;
-        while let Some(nl) = memchr::memchr(b'\n', rest) {
-            let (line, tail) = rest.split_at(nl);
-            rest = &tail[1..];
-            let full;
-            let line = if self.line.is_empty() {
-                line
-            } else {
-                self.line.extend_from_slice(line);
-                full = std::mem::take(&mut self.line);
-                &full[..]
-            };
-            let Some(data) = line.strip_prefix(b"data:") else {
-                continue;
+        let mut lines = std::mem::take(&mut self.lines);
+        lines.feed(chunk, |line| {
+            let Some(data) = crate::sse::data(line) else {
+                return;
             };
             if self.done {
-                continue;
+                return;
             }
-            if let Ok(v) = serde_json::from_slice::<Value>(data.trim_ascii()) {
+            if let Ok(v) = serde_json::from_slice::<Value>(data) {
                 self.on_event(&v);
             }
-        }
-        self.line.extend_from_slice(rest);
+        });
+        self.lines = lines;
         self.out.split().freeze()
     }
 

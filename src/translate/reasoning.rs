@@ -2,7 +2,8 @@
 //! `reasoning_content` / `thinking` blocks), `think_tags` (as `<think>…</think>` in the text,
 //! for clients that cannot show reasoning) or `strip` (not at all; it is still paid for).
 //!
-//! Works on the client-format answer (after any translation), event by event.
+//! Works on the client-format answer (after any translation): streams event by event
+//! ([`ReasoningFilter`]), whole answers at once ([`rewrite_whole`]).
 
 use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
@@ -34,14 +35,12 @@ impl ReasoningMode {
 const OPEN: &str = "<think>";
 const CLOSE: &str = "</think>";
 
-/// Rewrites reasoning in a client-format answer; wraps the translator, if any.
+/// Rewrites reasoning in a client-format event stream; wraps the translator, if any.
 pub struct ReasoningFilter {
     mode: ReasoningMode,
     dialect: Dialect,
-    is_sse: bool,
     inner: Option<Box<dyn ResponseTranslator>>,
-    line: Vec<u8>,
-    json: BytesMut,
+    lines: crate::sse::Lines,
     /// OpenAI stream: inside `<think>` (reasoning seen, no text yet).
     thinking: bool,
     /// Anthropic stream: thinking block indices seen, and whether the open one is thinking.
@@ -54,16 +53,13 @@ impl ReasoningFilter {
     pub fn new(
         mode: ReasoningMode,
         dialect: Dialect,
-        is_sse: bool,
         inner: Option<Box<dyn ResponseTranslator>>,
     ) -> Self {
         ReasoningFilter {
             mode,
             dialect,
-            is_sse,
             inner,
-            line: Vec::new(),
-            json: BytesMut::new(),
+            lines: Default::default(),
             thinking: false,
             dropped: 0,
             open_thinking: None,
@@ -174,81 +170,71 @@ impl ReasoningFilter {
         self.emit_data(Some(&kind), &v);
     }
 
-    fn whole(&self, body: &[u8]) -> Option<Value> {
-        let mut v: Value = serde_json::from_slice(body).ok()?;
-        match self.dialect {
-            Dialect::OpenAi => {
-                for choice in v.get_mut("choices")?.as_array_mut()? {
-                    let Some(m) = choice.get_mut("message").and_then(Value::as_object_mut) else {
-                        continue;
-                    };
-                    let r = m.remove("reasoning_content");
-                    if self.mode == ReasoningMode::ThinkTags {
-                        if let Some(r) =
-                            r.as_ref().and_then(Value::as_str).filter(|r| !r.is_empty())
-                        {
-                            let text = m.get("content").and_then(Value::as_str).unwrap_or("");
-                            m.insert("content".into(), json!(format!("{OPEN}{r}{CLOSE}{text}")));
-                        }
-                    }
-                }
-            }
-            Dialect::Anthropic => {
-                let blocks = v.get_mut("content")?.as_array_mut()?;
-                let mode = self.mode;
-                let kept: Vec<Value> = blocks
-                    .drain(..)
-                    .filter_map(|b| match b.get("type").and_then(Value::as_str) {
-                        Some("thinking" | "redacted_thinking") => match mode {
-                            ReasoningMode::Strip => None,
-                            _ => b.get("thinking").and_then(Value::as_str).map(
-                                |t| json!({"type": "text", "text": format!("{OPEN}{t}{CLOSE}")}),
-                            ),
-                        },
-                        _ => Some(b),
-                    })
-                    .collect();
-                *blocks = kept;
-            }
-        }
-        Some(v)
+    fn filter(&mut self, bytes: &[u8]) {
+        let mut lines = std::mem::take(&mut self.lines);
+        lines.feed(bytes, |line| self.line(line));
+        self.lines = lines;
     }
 
-    fn filter(&mut self, bytes: &[u8]) {
-        if !self.is_sse {
-            self.json.extend_from_slice(bytes);
+    /// `event:` lines are re-emitted with their data; blank lines end events.
+    fn line(&mut self, line: &[u8]) {
+        let Some(data) = crate::sse::data(line) else {
             return;
+        };
+        match serde_json::from_slice::<Value>(data) {
+            Ok(v) if v.get("error").is_none() => match self.dialect {
+                Dialect::OpenAi => self.openai_chunk(v),
+                Dialect::Anthropic => self.anthropic_event(v),
+            },
+            // [DONE], errors and anything unparsed pass as they came.
+            _ => {
+                if self.dialect == Dialect::Anthropic && data.starts_with(b"{\"type\":\"error\"") {
+                    self.out.extend_from_slice(b"event: error\n");
+                }
+                self.out.extend_from_slice(line);
+                self.out.extend_from_slice(b"\n\n");
+            }
         }
-        let mut rest = bytes;
-        while let Some(nl) = memchr::memchr(b'\n', rest) {
-            let (line, tail) = rest.split_at(nl);
-            rest = &tail[1..];
-            self.line.extend_from_slice(line);
-            let line = std::mem::take(&mut self.line);
-            let Some(data) = line.strip_prefix(b"data:") else {
-                // `event:` lines are re-emitted with their data; blank lines end events.
-                continue;
-            };
-            let data = data.trim_ascii();
-            match serde_json::from_slice::<Value>(data) {
-                Ok(v) if v.get("error").is_none() => match self.dialect {
-                    Dialect::OpenAi => self.openai_chunk(v),
-                    Dialect::Anthropic => self.anthropic_event(v),
-                },
-                // [DONE], errors and anything unparsed pass as they came.
-                _ => {
-                    if self.dialect == Dialect::Anthropic
-                        && data.starts_with(b"{\"type\":\"error\"")
-                    {
-                        self.out.extend_from_slice(b"event: error\n");
+    }
+}
+
+/// Reasoning rewritten in a whole client-format answer; `None` if it does not parse.
+pub fn rewrite_whole(mode: ReasoningMode, dialect: Dialect, body: &[u8]) -> Option<Bytes> {
+    let mut v: Value = serde_json::from_slice(body).ok()?;
+    match dialect {
+        Dialect::OpenAi => {
+            for choice in v.get_mut("choices")?.as_array_mut()? {
+                let Some(m) = choice.get_mut("message").and_then(Value::as_object_mut) else {
+                    continue;
+                };
+                let r = m.remove("reasoning_content");
+                if mode == ReasoningMode::ThinkTags {
+                    if let Some(r) = r.as_ref().and_then(Value::as_str).filter(|r| !r.is_empty()) {
+                        let text = m.get("content").and_then(Value::as_str).unwrap_or("");
+                        m.insert("content".into(), json!(format!("{OPEN}{r}{CLOSE}{text}")));
                     }
-                    self.out.extend_from_slice(&line);
-                    self.out.extend_from_slice(b"\n\n");
                 }
             }
         }
-        self.line.extend_from_slice(rest);
+        Dialect::Anthropic => {
+            let blocks = v.get_mut("content")?.as_array_mut()?;
+            let kept: Vec<Value> = blocks
+                .drain(..)
+                .filter_map(|b| match b.get("type").and_then(Value::as_str) {
+                    Some("thinking" | "redacted_thinking") => match mode {
+                        ReasoningMode::Strip => None,
+                        _ => b
+                            .get("thinking")
+                            .and_then(Value::as_str)
+                            .map(|t| json!({"type": "text", "text": format!("{OPEN}{t}{CLOSE}")})),
+                    },
+                    _ => Some(b),
+                })
+                .collect();
+            *blocks = kept;
+        }
     }
+    Some(Bytes::from(v.to_string()))
 }
 
 impl ResponseTranslator for ReasoningFilter {
@@ -266,13 +252,6 @@ impl ResponseTranslator for ReasoningFilter {
             let tail = t.finish();
             self.filter(&tail);
         }
-        if !self.is_sse && !self.json.is_empty() {
-            let body = std::mem::take(&mut self.json);
-            match self.whole(&body) {
-                Some(v) => self.out.extend_from_slice(v.to_string().as_bytes()),
-                None => self.out.extend_from_slice(&body),
-            }
-        }
         self.out.split().freeze()
     }
 }
@@ -281,8 +260,8 @@ impl ResponseTranslator for ReasoningFilter {
 mod tests {
     use super::*;
 
-    fn run(mode: ReasoningMode, dialect: Dialect, is_sse: bool, input: &str) -> String {
-        let mut f = ReasoningFilter::new(mode, dialect, is_sse, None);
+    fn run(mode: ReasoningMode, dialect: Dialect, input: &str) -> String {
+        let mut f = ReasoningFilter::new(mode, dialect, None);
         let mut out = Vec::new();
         for piece in input.as_bytes().chunks(9) {
             out.extend_from_slice(&f.feed(piece));
@@ -315,18 +294,13 @@ data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\nd
 
     #[test]
     fn openai_streams_get_think_tags_or_lose_reasoning() {
-        let out = run(
-            ReasoningMode::ThinkTags,
-            Dialect::OpenAi,
-            true,
-            OPENAI_STREAM,
-        );
+        let out = run(ReasoningMode::ThinkTags, Dialect::OpenAi, OPENAI_STREAM);
         assert_eq!(
             openai_text(&out),
             ("<think>Let me think</think>Hi".into(), false)
         );
         assert!(out.ends_with("data: [DONE]\n\n"));
-        let out = run(ReasoningMode::Strip, Dialect::OpenAi, true, OPENAI_STREAM);
+        let out = run(ReasoningMode::Strip, Dialect::OpenAi, OPENAI_STREAM);
         assert_eq!(openai_text(&out), ("Hi".into(), false));
     }
 
@@ -347,7 +321,7 @@ data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\nd
             .iter()
             .map(|e| format!("event: {}\ndata: {e}\n\n", e["type"].as_str().unwrap_or("")))
             .collect();
-        let out = run(ReasoningMode::Strip, Dialect::Anthropic, true, &input);
+        let out = run(ReasoningMode::Strip, Dialect::Anthropic, &input);
         assert!(!out.contains("thinking"), "{out}");
         let starts: Vec<Value> = out
             .lines()
@@ -357,7 +331,7 @@ data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\nd
             .collect();
         assert_eq!(starts.len(), 1);
         assert_eq!(starts[0]["index"], 0, "renumbered");
-        let out = run(ReasoningMode::ThinkTags, Dialect::Anthropic, true, &input);
+        let out = run(ReasoningMode::ThinkTags, Dialect::Anthropic, &input);
         let text: String = out
             .lines()
             .filter_map(|l| l.strip_prefix("data: "))
@@ -374,13 +348,13 @@ data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\nd
 
     #[test]
     fn whole_answers_are_rewritten() {
-        let o = run(
+        let o = rewrite_whole(
             ReasoningMode::ThinkTags,
             Dialect::OpenAi,
-            false,
-            r#"{"choices":[{"index":0,"message":{"role":"assistant","content":"Hi","reasoning_content":"Hmm"}}]}"#,
-        );
-        let v: Value = serde_json::from_str(&o).expect("json");
+            br#"{"choices":[{"index":0,"message":{"role":"assistant","content":"Hi","reasoning_content":"Hmm"}}]}"#,
+        )
+        .expect("rewritten");
+        let v: Value = serde_json::from_slice(&o).expect("json");
         assert_eq!(
             v["choices"][0]["message"]["content"],
             "<think>Hmm</think>Hi"
@@ -388,13 +362,13 @@ data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\nd
         assert!(v["choices"][0]["message"]
             .get("reasoning_content")
             .is_none());
-        let a = run(
+        let a = rewrite_whole(
             ReasoningMode::Strip,
             Dialect::Anthropic,
-            false,
-            r#"{"type":"message","content":[{"type":"thinking","thinking":"Hmm","signature":""},{"type":"text","text":"Hi"}]}"#,
-        );
-        let v: Value = serde_json::from_str(&a).expect("json");
+            br#"{"type":"message","content":[{"type":"thinking","thinking":"Hmm","signature":""},{"type":"text","text":"Hi"}]}"#,
+        )
+        .expect("rewritten");
+        let v: Value = serde_json::from_slice(&a).expect("json");
         assert_eq!(v["content"], json!([{"type": "text", "text": "Hi"}]));
     }
 }

@@ -53,6 +53,42 @@ pub struct Opened {
     pub failure: Option<Class>,
 }
 
+impl Opened {
+    /// Reads the rest of a non-stream answer, each chunk within `idle`, and returns it
+    /// whole (the first bytes included).
+    pub async fn read_whole(&mut self, idle: Duration) -> Result<Bytes, ApiError> {
+        let mut buf = BytesMut::from(self.first.take().unwrap_or_default());
+        if let Some(mut rest) = self.rest.take() {
+            loop {
+                match tokio::time::timeout(idle, rest.next()).await {
+                    Err(_) => return Err(ApiError::UpstreamTimeout(idle.as_secs())),
+                    Ok(None) => break,
+                    Ok(Some(Err(_))) => {
+                        return Err(ApiError::UpstreamInvalid(
+                            "the connection closed in the middle of the answer".into(),
+                        ))
+                    }
+                    Ok(Some(Ok(chunk))) => buf.extend_from_slice(&chunk),
+                }
+            }
+        }
+        Ok(buf.freeze())
+    }
+
+    /// Replaces the body with a whole JSON body (framed by its length).
+    pub fn set_json_body(&mut self, body: Bytes) {
+        self.headers.remove(header::TRANSFER_ENCODING);
+        self.headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        self.headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        self.first = (!body.is_empty()).then_some(body);
+        self.rest = None;
+    }
+}
+
 /// Why an attempt failed, what the client would get if it is the last one.
 struct Failed {
     failure: Failure,

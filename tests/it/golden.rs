@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 
-use glmgate::translate::{a2o, o2a, ResponseTranslator};
+use glmgate::translate::{a2o, o2a, ResponseTranslator, Translation};
 
 fn dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/translate")
@@ -24,27 +24,40 @@ fn run(t: &mut dyn ResponseTranslator, input: &[u8]) -> String {
         size = size % 97 + 13;
     }
     out.extend_from_slice(&t.finish());
-    let text = String::from_utf8(out).expect("utf8");
-    // The only value that depends on the clock.
-    let re = |s: &str| {
-        let mut o = String::new();
-        let mut rest = s;
-        while let Some(i) = rest.find("\"created\":") {
-            let (head, tail) = rest.split_at(i + "\"created\":".len());
-            o.push_str(head);
-            let digits = tail.chars().take_while(char::is_ascii_digit).count();
-            o.push('0');
-            rest = &tail[digits..];
-        }
-        o.push_str(rest);
-        o
-    };
-    re(&text)
+    zero_created(&String::from_utf8(out).expect("utf8"))
+}
+
+/// `"created"` is the only value that depends on the clock.
+fn zero_created(s: &str) -> String {
+    let mut o = String::new();
+    let mut rest = s;
+    while let Some(i) = rest.find("\"created\":") {
+        let (head, tail) = rest.split_at(i + "\"created\":".len());
+        o.push_str(head);
+        let digits = tail.chars().take_while(char::is_ascii_digit).count();
+        o.push('0');
+        rest = &tail[digits..];
+    }
+    o.push_str(rest);
+    o
 }
 
 fn check(input: &str, golden: &str, t: &mut dyn ResponseTranslator) {
     let bytes = std::fs::read(dir().join(input)).expect("fixture");
-    let got = run(t, &bytes);
+    compare(golden, run(t, &bytes));
+}
+
+/// A whole answer, translated at once as the gateway does before sending the status.
+fn check_whole(input: &str, golden: &str, t: &Translation) {
+    let bytes = std::fs::read(dir().join(input)).expect("fixture");
+    let out = t.response(&bytes).expect("translates");
+    compare(
+        golden,
+        zero_created(std::str::from_utf8(&out).expect("utf8")),
+    );
+}
+
+fn compare(golden: &str, got: String) {
     let path = dir().join(golden);
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
         std::fs::write(&path, &got).expect("write golden");
@@ -91,18 +104,18 @@ fn anthropic_stream_to_openai_chunks() {
 
 #[test]
 fn openai_answer_to_anthropic_message() {
-    check(
+    check_whole(
         "openai_response_thinking_tools.json",
         "openai_response_thinking_tools.to_anthropic.golden",
-        &mut a2o::JsonTranslator::new(a2o_ctx(false)),
+        &Translation::A2O(a2o_ctx(false)),
     );
 }
 
 #[test]
 fn anthropic_answer_to_openai_completion() {
-    check(
+    check_whole(
         "anthropic_response_thinking_tool.json",
         "anthropic_response_thinking_tool.to_openai.golden",
-        &mut o2a::JsonTranslator::new(o2a_ctx(false)),
+        &Translation::O2A(o2a_ctx(false)),
     );
 }
