@@ -77,13 +77,10 @@ async fn run(
     let key = state.auth.authenticate(&parts.headers, &parts.uri).await?;
     let body = request::read_body(body, state.settings.max_body_bytes).await?;
     let mut head = request::parse_head(dialect, &body)?;
-    let route = state.router.route(
-        &state.upstream.pool(),
-        dialect,
-        &head,
-        Some(&key),
-        Some(&body),
-    )?;
+    let pool = state.upstream.pool();
+    let route = state
+        .router
+        .route(&pool, dialect, &head, Some(&key), Some(&body))?;
     let request_bytes = body.len();
     let body = if route.model != head.model {
         head.model = route.model.clone();
@@ -125,7 +122,7 @@ async fn run(
         .as_deref()
         .and_then(ReasoningMode::parse)
         .unwrap_or(state.settings.reasoning);
-    let policy = &state.upstream.pool().policy;
+    let policy = &pool.policy;
     if let Err(e) = rewrite_whole(
         &mut opened,
         &mut translation,
@@ -137,13 +134,7 @@ async fn run(
     {
         return Err(ledger.fail(e));
     }
-    Ok(stream_back(
-        opened,
-        ledger,
-        &state.upstream.pool().policy,
-        translation,
-        reasoning,
-    ))
+    Ok(stream_back(opened, ledger, policy, translation, reasoning))
 }
 
 /// Sends upstream; when no account can serve the model (plan or quota), tries the route's

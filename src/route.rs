@@ -245,14 +245,8 @@ fn format_for(pool: &Pool, dialect: Dialect) -> Result<(Dialect, Option<Directio
     };
     match Direction::between(dialect, other) {
         Some(d) if pool.speaks(other) => Ok((other, Some(d))),
-        Some(_) => Err(ApiError::NoUpstream(format!(
+        _ => Err(ApiError::NoUpstream(format!(
             "this gateway has no upstream that speaks the {} or {} API",
-            name(dialect),
-            name(other)
-        ))),
-        None => Err(ApiError::NoUpstream(format!(
-            "this gateway has no upstream that speaks the {} API, and translating it to \
-             the {} API is not available yet",
             name(dialect),
             name(other)
         ))),

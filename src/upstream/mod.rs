@@ -267,31 +267,27 @@ impl Upstream {
                     );
                     let now = Instant::now();
                     let timed_out = matches!(error, ApiError::UpstreamTimeout(_));
+                    // What the client gets if this is the end: the upstream's own answer,
+                    // marked with its failure class (the fallback step reads it).
+                    let outcome = answer
+                        .map(|mut a| {
+                            a.failure = Some(failure.class);
+                            a
+                        })
+                        .ok_or(error);
                     if !failure.class.retryable()
                         || timed_out
                         || attempt >= p.max_attempts
                         || now >= budget_end
                     {
-                        return match answer {
-                            Some(mut a) => {
-                                a.failure = Some(failure.class);
-                                Ok(a)
-                            }
-                            None => Err(error),
-                        };
+                        return outcome;
                     }
                     avoid.push(target.key.label.clone());
                     // A rejected upstream key is the gateway's problem, not the client's:
                     // never pass that 401 on.
                     last = match failure.class {
                         Class::Key => None,
-                        _ => Some(match answer {
-                            Some(mut a) => {
-                                a.failure = Some(failure.class);
-                                Ok(a)
-                            }
-                            None => Err(error),
-                        }),
+                        _ => Some(outcome),
                     };
                     owed = backoff(failure.class, attempt, p);
                 }
