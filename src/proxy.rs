@@ -84,7 +84,7 @@ async fn run(
     let request_bytes = body.len();
     let body = if route.model != head.model {
         head.model = route.model.clone();
-        request::set_model(&body, &route.model)?
+        request::replace_model(&body, head.model_span.clone(), &route.model)?
     } else {
         body
     };

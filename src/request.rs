@@ -7,6 +7,7 @@
 use axum::body::{Body, Bytes};
 use serde::de::IgnoredAny;
 use serde::Deserialize;
+use serde_json::value::RawValue;
 
 use crate::error::{ApiError, Dialect};
 
@@ -15,19 +16,24 @@ use crate::error::{ApiError, Dialect};
 pub struct RequestHead {
     pub model: String,
     pub stream: bool,
+    /// Where the `model` value (quotes included) sits in the body, so it can be replaced
+    /// without parsing the body again.
+    pub model_span: std::ops::Range<usize>,
 }
 
 #[derive(Deserialize)]
-struct OpenAiHead {
-    model: String,
+struct OpenAiHead<'a> {
+    #[serde(borrow)]
+    model: &'a RawValue,
     messages: Vec<IgnoredAny>,
     #[serde(default)]
     stream: Option<bool>,
 }
 
 #[derive(Deserialize)]
-struct AnthropicHead {
-    model: String,
+struct AnthropicHead<'a> {
+    #[serde(borrow)]
+    model: &'a RawValue,
     #[expect(dead_code, reason = "only its presence and type are checked")]
     max_tokens: u64,
     messages: Vec<IgnoredAny>,
@@ -62,6 +68,15 @@ pub fn parse_head(dialect: Dialect, body: &[u8]) -> Result<RequestHead, ApiError
             (h.model, h.messages.len(), h.stream)
         }
     };
+    // The raw value borrows from `body`: its offset is where it sits in the buffer.
+    let start = model.get().as_ptr() as usize - body.as_ptr() as usize;
+    let model_span = start..start + model.get().len();
+    let model: String = serde_json::from_str(model.get()).map_err(|e| {
+        ApiError::bad_request(
+            format!("`model`: {}", strip_position(&e.to_string())),
+            Some("model".into()),
+        )
+    })?;
     if model.trim().is_empty() {
         return Err(ApiError::bad_request(
             "`model` must not be empty",
@@ -77,10 +92,11 @@ pub fn parse_head(dialect: Dialect, body: &[u8]) -> Result<RequestHead, ApiError
     Ok(RequestHead {
         model,
         stream: stream.unwrap_or(false),
+        model_span,
     })
 }
 
-fn decode<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
+fn decode<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
     // serde would read a struct from a JSON array positionally; the APIs want an object.
     match body.iter().find(|b| !b.is_ascii_whitespace()) {
         Some(b'{') => {}
@@ -133,27 +149,34 @@ fn strip_position(text: &str) -> String {
     }
 }
 
-/// `body` with its top-level `model` replaced, every other byte kept as it was.
+/// `body` with the bytes at `span` replaced by `model` as a JSON string.
+pub fn replace_model(
+    body: &[u8],
+    span: std::ops::Range<usize>,
+    model: &str,
+) -> Result<Bytes, ApiError> {
+    let quoted =
+        serde_json::to_string(model).map_err(|e| ApiError::Internal(format!("model name: {e}")))?;
+    let mut out = bytes::BytesMut::with_capacity(body.len() + quoted.len());
+    out.extend_from_slice(body.get(..span.start).unwrap_or_default());
+    out.extend_from_slice(quoted.as_bytes());
+    out.extend_from_slice(body.get(span.end..).unwrap_or_default());
+    Ok(out.freeze())
+}
+
+/// `body` with its top-level `model` replaced, every other byte kept as it was (for a body
+/// whose head was not parsed, e.g. a translated one).
 pub fn set_model(body: &Bytes, model: &str) -> Result<Bytes, ApiError> {
-    let fields: std::collections::HashMap<String, &serde_json::value::RawValue> =
-        serde_json::from_slice(body)
-            .map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}"), None))?;
+    let fields: std::collections::HashMap<String, &RawValue> = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}"), None))?;
     let Some(raw) = fields.get("model") else {
         return Err(ApiError::bad_request(
             "`model` is required",
             Some("model".into()),
         ));
     };
-    // The raw value borrows from `body`: its offset is where it sits in the buffer.
     let start = raw.get().as_ptr() as usize - body.as_ptr() as usize;
-    let end = start + raw.get().len();
-    let quoted =
-        serde_json::to_string(model).map_err(|e| ApiError::Internal(format!("model name: {e}")))?;
-    let mut out = bytes::BytesMut::with_capacity(body.len() + quoted.len());
-    out.extend_from_slice(body.get(..start).unwrap_or_default());
-    out.extend_from_slice(quoted.as_bytes());
-    out.extend_from_slice(body.get(end..).unwrap_or_default());
-    Ok(out.freeze())
+    replace_model(body, start..start + raw.get().len(), model)
 }
 
 #[cfg(test)]
@@ -178,9 +201,16 @@ mod tests {
             h,
             RequestHead {
                 model: "glm-4.7".into(),
-                stream: true
+                stream: true,
+                model_span: 9..18,
             }
         );
+        // An escaped name is read as a string; its span covers the escapes.
+        let body = br#"{"model" : "glm\u002d4.7","messages":[{}]}"#;
+        let h = parse_head(Dialect::OpenAi, body).expect("valid");
+        assert_eq!(h.model, "glm-4.7");
+        let out = replace_model(body, h.model_span, "glm-5").expect("replaced");
+        assert_eq!(&out[..], br#"{"model" : "glm-5","messages":[{}]}"#);
         let h = parse_head(
             Dialect::Anthropic,
             br#"{"model":"glm-4.7","max_tokens":10,"messages":[{"role":"user","content":"hi"}]}"#,

@@ -298,6 +298,7 @@ async fn admin_explain(
     let head = crate::request::RequestHead {
         model: q.model.clone(),
         stream: false,
+        model_span: 0..0,
     };
     let sample_body = (!body.is_empty()).then_some(&body[..]);
     match state.router.route(&pool, dialect, &head, None, sample_body) {
