@@ -252,6 +252,21 @@ impl Env {
     }
 }
 
+/// The `event:` names of an SSE text, in order.
+pub fn event_names(text: &str) -> Vec<&str> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("event: "))
+        .collect()
+}
+
+/// A client key with model rules, made in the test's store.
+pub async fn key_with(env: &Env, name: &str, rules: glmgate::auth::KeyModels) -> String {
+    glmgate::auth::create_key_with(&env.store, name, None, rules)
+        .await
+        .expect("key")
+        .1
+}
+
 /// The `data:` payloads of an SSE text, in order.
 pub fn data_lines(text: &str) -> Vec<&str> {
     text.lines()

@@ -98,10 +98,7 @@ async fn anthropic_non_stream_and_stream() {
     let resp = env.anthropic(&anthropic_body(true)).await;
     assert_eq!(resp.status(), 200);
     let text = resp.text().await.expect("body");
-    let events: Vec<&str> = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("event: "))
-        .collect();
+    let events = event_names(&text);
     assert_eq!(events.first(), Some(&"message_start"));
     assert_eq!(events.last(), Some(&"message_stop"));
     assert!(events.contains(&"ping"));

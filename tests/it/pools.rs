@@ -517,28 +517,24 @@ async fn claude_model_names_are_routed_to_glm_and_explained() {
 #[tokio::test]
 async fn client_keys_can_be_limited_to_models_or_forced_onto_one() {
     let env = start(Opts::default()).await;
-    let (_, limited) = glmgate::auth::create_key_with(
-        &env.store,
+    let limited = key_with(
+        &env,
         "limited",
-        None,
         glmgate::auth::KeyModels {
             allowed: Some("glm-4.5*, glm-4.7".into()),
             ..Default::default()
         },
     )
-    .await
-    .expect("key");
-    let (_, forced) = glmgate::auth::create_key_with(
-        &env.store,
+    .await;
+    let forced = key_with(
+        &env,
         "forced",
-        None,
         glmgate::auth::KeyModels {
             force: Some("glm-4.5-air".into()),
             ..Default::default()
         },
     )
-    .await
-    .expect("key");
+    .await;
     let send = |key: &str, model: &str| {
         let mut body = openai_body(false);
         body["model"] = model.into();

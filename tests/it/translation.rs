@@ -5,16 +5,31 @@ use serde_json::Value;
 
 use crate::common::*;
 
-/// The mock serves only the OpenAI API, and the gateway is configured for that alone.
-fn openai_only() -> Opts {
+/// The mock serves only the `only` API, and the gateway is configured for that alone.
+fn single_format(only: glmgate::error::Dialect) -> Opts {
     Opts {
         mock: glmgate::mock::MockOptions {
-            only: Some(glmgate::error::Dialect::OpenAi),
+            only: Some(only),
             ..Default::default()
         },
-        tweak: |raw| raw.upstream.anthropic_base_url = Some(String::new()),
+        tweak: match only {
+            glmgate::error::Dialect::OpenAi => {
+                |raw| raw.upstream.anthropic_base_url = Some(String::new())
+            }
+            glmgate::error::Dialect::Anthropic => {
+                |raw| raw.upstream.openai_base_url = Some(String::new())
+            }
+        },
         ..Opts::default()
     }
+}
+
+fn openai_only() -> Opts {
+    single_format(glmgate::error::Dialect::OpenAi)
+}
+
+fn anthropic_only() -> Opts {
+    single_format(glmgate::error::Dialect::Anthropic)
 }
 
 #[tokio::test]
@@ -45,10 +60,7 @@ async fn a_translated_stream_is_a_well_formed_anthropic_event_sequence() {
     assert_eq!(resp.status(), 200);
     assert!(!resp.headers().contains_key("content-length"));
     let text = resp.text().await.expect("stream");
-    let events: Vec<&str> = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("event: "))
-        .collect();
+    let events = event_names(&text);
     assert_eq!(events.first(), Some(&"message_start"));
     assert_eq!(events.last(), Some(&"message_stop"));
     assert_eq!(
@@ -81,17 +93,6 @@ async fn translated_errors_keep_the_status_in_anthropic_shape() {
     assert_eq!(e["type"], "error");
     assert_eq!(e["error"]["type"], "invalid_request_error");
     assert_eq!(e["error"]["code"], "1211");
-}
-
-fn anthropic_only() -> Opts {
-    Opts {
-        mock: glmgate::mock::MockOptions {
-            only: Some(glmgate::error::Dialect::Anthropic),
-            ..Default::default()
-        },
-        tweak: |raw| raw.upstream.openai_base_url = Some(String::new()),
-        ..Opts::default()
-    }
 }
 
 #[tokio::test]
@@ -204,18 +205,11 @@ async fn count_tokens_is_local_by_default_and_from_the_upstream_when_configured(
 }
 
 async fn key_with_reasoning(env: &Env, mode: &str) -> String {
-    glmgate::auth::create_key_with(
-        &env.store,
-        mode,
-        None,
-        glmgate::auth::KeyModels {
-            reasoning: Some(mode.into()),
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("key")
-    .1
+    let rules = glmgate::auth::KeyModels {
+        reasoning: Some(mode.into()),
+        ..Default::default()
+    };
+    key_with(env, mode, rules).await
 }
 
 #[tokio::test]
