@@ -43,12 +43,7 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<(Arc<AppState>, R
     tokio::spawn(save_limits(store.clone(), limits_rx));
     let state = AppState {
         auth: Authenticator::new(store.clone(), settings.key_cache_ttl),
-        router: crate::route::Router::full(
-            &settings.aliases,
-            &settings.fallbacks,
-            &settings.upstream_api,
-            &settings.tiers,
-        ),
+        router: crate::route::Router::new(&settings.routing),
         upstream: Arc::new(Upstream::new(&settings.upstream, &restored, limits_tx)?),
         store,
         recorder,

@@ -46,7 +46,7 @@ pub struct RawConfig {
     pub models: Option<Vec<String>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawRouting {
     /// Model aliases, first match wins; `*` matches any run of characters (case-insensitive).
@@ -483,12 +483,9 @@ pub struct Settings {
     pub key_cache_ttl: Duration,
     pub upstream: UpstreamSettings,
     pub admin_token: Option<Secret>,
-    /// Model aliases in order (configured, then the shipped defaults unless turned off).
-    pub aliases: Vec<RawAlias>,
-    pub fallbacks: Vec<RawFallback>,
-    pub reasoning: crate::translate::reasoning::ReasoningMode,
-    pub upstream_api: Vec<RawUpstreamApi>,
-    pub tiers: Vec<RawTier>,
+    /// Model routing, validated; `aliases` already ends with the shipped defaults unless
+    /// they were turned off.
+    pub routing: RawRouting,
     /// The file these settings came from (reloads read it again).
     pub source: Option<PathBuf>,
     pub accounting: AccountingSettings,
@@ -664,28 +661,7 @@ pub fn validate(raw: RawConfig, env_keys: Option<&str>) -> anyhow::Result<Settin
             .token
             .filter(|t| !t.trim().is_empty())
             .map(Secret::new),
-        fallbacks: raw.routing.fallbacks,
-        reasoning: raw.routing.reasoning,
-        upstream_api: raw.routing.upstream_api,
-        tiers: {
-            if let Some(t) = raw.routing.tiers.iter().find(|t| t.models.is_empty()) {
-                bail!("routing.tiers: the tier for `{}` lists no models", t.model);
-            }
-            raw.routing.tiers
-        },
-        aliases: {
-            let mut a = raw.routing.aliases;
-            if let Some(bad) = a.iter().find(|a| a.from.is_empty() || a.to.is_empty()) {
-                bail!("routing.aliases: `from` and `to` must not be empty ({bad:?})");
-            }
-            if raw.routing.default_aliases {
-                a.extend(DEFAULT_ALIASES.iter().map(|(f, t)| RawAlias {
-                    from: f.to_string(),
-                    to: t.to_string(),
-                }));
-            }
-            a
-        },
+        routing: routing(raw.routing)?,
         source: None,
         accounting: AccountingSettings {
             flush_interval: Duration::from_millis(raw.accounting.flush_interval_ms.max(10)),
@@ -696,6 +672,27 @@ pub fn validate(raw: RawConfig, env_keys: Option<&str>) -> anyhow::Result<Settin
         log_level: raw.log.level,
         models,
     })
+}
+
+fn routing(mut r: RawRouting) -> anyhow::Result<RawRouting> {
+    if let Some(t) = r.tiers.iter().find(|t| t.models.is_empty()) {
+        bail!("routing.tiers: the tier for `{}` lists no models", t.model);
+    }
+    if let Some(bad) = r
+        .aliases
+        .iter()
+        .find(|a| a.from.is_empty() || a.to.is_empty())
+    {
+        bail!("routing.aliases: `from` and `to` must not be empty ({bad:?})");
+    }
+    if r.default_aliases {
+        r.aliases
+            .extend(DEFAULT_ALIASES.iter().map(|(f, t)| RawAlias {
+                from: f.to_string(),
+                to: t.to_string(),
+            }));
+    }
+    Ok(r)
 }
 
 /// Resolves a preset name into its two base URLs.

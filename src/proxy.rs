@@ -121,7 +121,7 @@ async fn run(
         .reasoning
         .as_deref()
         .and_then(ReasoningMode::parse)
-        .unwrap_or(state.settings.reasoning);
+        .unwrap_or(state.router.reasoning());
     let policy = &pool.policy;
     if let Err(e) = rewrite_whole(
         &mut opened,

@@ -3,10 +3,11 @@
 //! which account and key is the scheduler's job ([`crate::upstream`]). Model aliases and
 //! tiers plug in here later.
 
-use crate::config::{ApiKind, RawAlias, RawFallback, RawTier, RawUpstreamApi, TierWhen};
+use crate::config::{ApiKind, RawRouting, RawTier, TierWhen};
 use crate::error::{ApiError, Dialect};
 use crate::request::RequestHead;
 use crate::store::KeyRow;
+use crate::translate::reasoning::ReasoningMode;
 use crate::translate::Direction;
 use crate::upstream::pool::Pool;
 
@@ -25,13 +26,10 @@ pub struct Route {
     pub fallbacks: Vec<String>,
 }
 
-/// Model aliases, compiled from the config.
+/// Model routing rules, from `[routing]`.
 #[derive(Debug, Clone, Default)]
 pub struct Router {
-    aliases: Vec<(String, String)>,
-    fallbacks: Vec<RawFallback>,
-    upstream_api: Vec<RawUpstreamApi>,
-    tiers: Vec<RawTier>,
+    rules: RawRouting,
 }
 
 /// `*` matches any run of characters; ASCII case is ignored.
@@ -67,30 +65,21 @@ fn strip_1m(model: &str) -> &str {
 }
 
 impl Router {
-    pub fn new(aliases: &[RawAlias], fallbacks: &[RawFallback]) -> Router {
-        Router::full(aliases, fallbacks, &[], &[])
+    pub fn new(rules: &RawRouting) -> Router {
+        Router {
+            rules: rules.clone(),
+        }
     }
 
-    pub fn full(
-        aliases: &[RawAlias],
-        fallbacks: &[RawFallback],
-        upstream_api: &[RawUpstreamApi],
-        tiers: &[RawTier],
-    ) -> Router {
-        Router {
-            tiers: tiers.to_vec(),
-            upstream_api: upstream_api.to_vec(),
-            aliases: aliases
-                .iter()
-                .map(|a| (a.from.clone(), a.to.clone()))
-                .collect(),
-            fallbacks: fallbacks.to_vec(),
-        }
+    /// How reasoning is shown to clients whose key does not say.
+    pub fn reasoning(&self) -> ReasoningMode {
+        self.rules.reasoning
     }
 
     /// Models to try, in order, when no account can serve `model` (plan or quota).
     pub fn fallbacks(&self, model: &str) -> &[String] {
-        self.fallbacks
+        self.rules
+            .fallbacks
             .iter()
             .find(|f| glob(&f.from, model))
             .map(|f| f.to.as_slice())
@@ -100,8 +89,8 @@ impl Router {
     /// The model to ask the upstream for, and the alias pattern that chose it.
     pub fn resolve(&self, requested: &str) -> (String, Option<&str>) {
         let model = strip_1m(requested);
-        if let Some((from, to)) = self.aliases.iter().find(|(from, _)| glob(from, model)) {
-            return (to.clone(), Some(from.as_str()));
+        if let Some(a) = self.rules.aliases.iter().find(|a| glob(&a.from, model)) {
+            return (a.to.clone(), Some(a.from.as_str()));
         }
         // GLM ids are case-insensitive in practice; the docs write `GLM-4.7`.
         if model.len() >= 4 && model[..4].eq_ignore_ascii_case("glm-") {
@@ -113,6 +102,7 @@ impl Router {
     /// The first tier whose pattern matches `requested` and whose conditions `body` meets.
     fn tier(&self, requested: &str, body: &[u8]) -> Option<&RawTier> {
         let mut candidates = self
+            .rules
             .tiers
             .iter()
             .filter(|t| glob(&t.model, requested))
@@ -152,6 +142,7 @@ impl Router {
             }
         }
         let preferred = self
+            .rules
             .upstream_api
             .iter()
             .find(|r| glob(&r.model, &model))
@@ -264,11 +255,8 @@ mod tests {
             when,
             models: models.iter().map(|m| m.to_string()).collect(),
         };
-        let r = Router::full(
-            &[],
-            &[],
-            &[],
-            &[
+        let r = Router::new(&RawRouting {
+            tiers: vec![
                 tier(
                     TierWhen {
                         min_prompt_tokens: Some(1000),
@@ -293,7 +281,8 @@ mod tests {
                 ),
                 tier(TierWhen::default(), &["glm-4.5-air"]),
             ],
-        );
+            ..RawRouting::default()
+        });
         let pick = |body: serde_json::Value| {
             r.tier("auto", body.to_string().as_bytes())
                 .map(|t| t.models.clone())
@@ -342,7 +331,7 @@ mod tests {
     #[test]
     fn defaults_make_claude_code_work_and_ids_are_normalised() {
         let settings = crate::config::validate(Default::default(), None).expect("defaults");
-        let r = Router::new(&settings.aliases, &[]);
+        let r = Router::new(&settings.routing);
         assert_eq!(r.resolve("claude-sonnet-4-6").0, "glm-4.7");
         assert_eq!(r.resolve("claude-opus-4-7[1m]").0, "glm-4.7");
         let (m, alias) = r.resolve("claude-haiku-4-5-20251001");
@@ -350,13 +339,13 @@ mod tests {
         assert_eq!(r.resolve("GLM-4.7").0, "glm-4.7");
         assert_eq!(r.resolve("glm-5.3[1m]").0, "glm-5.3");
         assert_eq!(r.resolve("custom-model").0, "custom-model");
-        let mine = Router::new(
-            &[RawAlias {
+        let mine = Router::new(&RawRouting {
+            aliases: vec![crate::config::RawAlias {
                 from: "claude-*".into(),
                 to: "glm-5".into(),
             }],
-            &[],
-        );
+            ..RawRouting::default()
+        });
         assert_eq!(mine.resolve("claude-sonnet-4-6").0, "glm-5");
     }
 }
