@@ -194,13 +194,18 @@ impl Store {
         Ok(done.rows_affected())
     }
 
-    /// Writes a batch of usage records in one transaction, as few multi-row statements:
-    /// sqlx runs SQLite on its own thread, so each statement is a cross-thread round trip.
+    /// Writes a batch of usage records in one transaction. Rows go in multi-row statements of
+    /// power-of-two sizes, so there are at most nine distinct statements and each is prepared
+    /// once and then reused from sqlx's statement cache (preparing a statement costs far more
+    /// than running it). sqlx runs SQLite on its own thread, so few statements also means few
+    /// cross-thread round trips: at most eight plus one per 256 rows.
     pub async fn insert_usage(&self, batch: &[UsageRecord]) -> sqlx::Result<()> {
-        // 16 values a row; SQLite allows 32,766 bound values per statement.
-        const ROWS_PER_STATEMENT: usize = 1000;
         let mut tx = self.pool.begin().await?;
-        for rows in batch.chunks(ROWS_PER_STATEMENT) {
+        let mut rest = batch;
+        while !rest.is_empty() {
+            let size = statement_rows(rest.len());
+            let (rows, tail) = rest.split_at(size);
+            rest = tail;
             let mut q = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO usage_records (ts_ms, request_id, key_id, api, model, stream, status,
                    outcome, input_tokens, output_tokens, cached_tokens, reasoning_tokens,
@@ -224,7 +229,7 @@ impl Store {
                     .push_bind(r.ttfb_ms.map(|v| v as i64))
                     .push_bind(r.account.as_deref());
             });
-            q.build().execute(&mut *tx).await?;
+            q.build().persistent(true).execute(&mut *tx).await?;
         }
         tx.commit().await
     }
@@ -349,4 +354,82 @@ fn key_row(r: &sqlx::sqlite::SqliteRow) -> sqlx::Result<KeyRow> {
         force_model: r.try_get(7)?,
         reasoning: r.try_get(8)?,
     })
+}
+
+/// Rows in the next usage INSERT for `left` rows still to write: the largest power of two
+/// not above `left`, at most 256 (16 bound values a row; SQLite allows 32,766 a statement).
+fn statement_rows(left: usize) -> usize {
+    const MAX_ROWS: usize = 256;
+    if left >= MAX_ROWS {
+        MAX_ROWS
+    } else {
+        1 << left.ilog2()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::accounting::{Outcome, UsageRecord};
+
+    #[test]
+    fn usage_statements_come_in_few_sizes() {
+        assert_eq!(statement_rows(1), 1);
+        assert_eq!(statement_rows(7), 4);
+        assert_eq!(statement_rows(255), 128);
+        assert_eq!(statement_rows(256), 256);
+        assert_eq!(statement_rows(10_000), 256);
+    }
+
+    #[tokio::test]
+    async fn a_batch_of_any_size_is_written_whole() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("t.db")).await.expect("open");
+        let key_id = store
+            .insert_key(&NewKey {
+                name: "t",
+                key_hash: "h",
+                key_prefix: "p",
+                created_at: 0,
+                expires_at: None,
+                models: None,
+                force_model: None,
+                reasoning: None,
+            })
+            .await
+            .expect("key");
+        let record = |i: usize| UsageRecord {
+            ts_ms: i as i64,
+            request_id: format!("r{i}"),
+            key_id,
+            api: "openai",
+            model: "glm-4.7".into(),
+            stream: false,
+            status: 200,
+            outcome: Outcome::Ok,
+            usage: crate::meter::Usage {
+                input_tokens: i as u64,
+                ..Default::default()
+            },
+            estimated: false,
+            latency_ms: 1,
+            ttfb_ms: None,
+            account: None,
+        };
+        let mut written = 0;
+        for n in [1usize, 3, 300, 1000] {
+            let batch: Vec<UsageRecord> = (written..written + n).map(record).collect();
+            store.insert_usage(&batch).await.expect("insert");
+            written += n;
+        }
+        let rows = store.usage_rows().await.expect("rows");
+        assert_eq!(rows.len(), written);
+        let mut ids: Vec<String> = rows
+            .iter()
+            .map(|r| r["request_id"].as_str().unwrap_or_default().to_string())
+            .collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), written, "every record once");
+    }
 }
