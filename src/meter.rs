@@ -8,6 +8,7 @@
 use bytes::Bytes;
 use memchr::memmem;
 use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::error::Dialect;
@@ -135,11 +136,93 @@ impl Meter {
     }
 }
 
-/// The parts of a non-stream response body the meter reads.
-#[derive(serde::Deserialize)]
-struct BodyUsage {
-    usage: Option<Value>,
-    error: Option<serde::de::IgnoredAny>,
+/// A `usage` object in either API's shape; fields of the other API stay absent.
+#[derive(serde::Deserialize, Default)]
+struct WireUsage<'a> {
+    #[serde(borrow)]
+    prompt_tokens: Option<&'a RawValue>,
+    #[serde(borrow)]
+    completion_tokens: Option<&'a RawValue>,
+    #[serde(borrow)]
+    prompt_tokens_details: Option<&'a RawValue>,
+    #[serde(borrow)]
+    completion_tokens_details: Option<&'a RawValue>,
+    #[serde(borrow)]
+    input_tokens: Option<&'a RawValue>,
+    #[serde(borrow)]
+    output_tokens: Option<&'a RawValue>,
+    #[serde(borrow)]
+    cache_creation_input_tokens: Option<&'a RawValue>,
+    #[serde(borrow)]
+    cache_read_input_tokens: Option<&'a RawValue>,
+}
+
+/// A count as the upstream wrote it; anything but a non-negative integer reads as absent.
+fn count(v: Option<&RawValue>) -> Option<u64> {
+    v?.get().parse().ok()
+}
+
+/// A `*_tokens_details` object.
+#[derive(serde::Deserialize, Default)]
+struct WireDetails<'a> {
+    #[serde(borrow)]
+    cached_tokens: Option<&'a RawValue>,
+    #[serde(borrow)]
+    reasoning_tokens: Option<&'a RawValue>,
+}
+
+impl<'a> WireDetails<'a> {
+    fn of(v: Option<&'a RawValue>) -> WireDetails<'a> {
+        v.and_then(|v| serde_json::from_str(v.get()).ok())
+            .unwrap_or_default()
+    }
+}
+
+impl WireUsage<'_> {
+    fn usage(&self, dialect: Dialect) -> Option<Usage> {
+        match dialect {
+            Dialect::OpenAi => Some(Usage {
+                input_tokens: count(self.prompt_tokens).unwrap_or(0),
+                output_tokens: count(self.completion_tokens).unwrap_or(0),
+                cached_tokens: count(WireDetails::of(self.prompt_tokens_details).cached_tokens)
+                    .unwrap_or(0),
+                reasoning_tokens: count(
+                    WireDetails::of(self.completion_tokens_details).reasoning_tokens,
+                )
+                .unwrap_or(0),
+            }),
+            Dialect::Anthropic => {
+                let c = AnthropicCounts {
+                    input: count(self.input_tokens),
+                    cache_creation: count(self.cache_creation_input_tokens),
+                    cache_read: count(self.cache_read_input_tokens),
+                    output: count(self.output_tokens),
+                };
+                c.seen().then(|| c.usage())
+            }
+        }
+    }
+}
+
+/// The `usage` object of a whole JSON answer, found without parsing the rest of it (the
+/// content before it can be long). Both APIs put `usage` at the top level after the
+/// content, so the last `"usage":` key in the body is the answer's own; a key that only
+/// looks like one (inside a string its quotes are escaped) does not parse and is skipped.
+fn body_usage(body: &[u8], dialect: Dialect) -> Option<Usage> {
+    for at in memmem::rfind_iter(body, b"\"usage\"") {
+        if at > 0 && body[at - 1] == b'\\' {
+            continue;
+        }
+        let rest = body[at + 7..].trim_ascii_start();
+        let Some(value) = rest.strip_prefix(b":") else {
+            continue;
+        };
+        let mut de = serde_json::Deserializer::from_slice(value);
+        if let Ok(wire) = <WireUsage as serde::Deserialize>::deserialize(&mut de) {
+            return wire.usage(dialect);
+        }
+    }
+    None
 }
 
 #[derive(Debug)]
@@ -175,22 +258,10 @@ impl JsonMeter {
             _ => self.chunks.concat().into(),
         };
         self.chunks.clear();
-        // Only `usage` is built; everything else in the body is skipped, not allocated.
-        let Ok(v) = serde_json::from_slice::<BodyUsage>(&body) else {
-            out.complete = false;
-            return out;
-        };
-        out.upstream_error = v.error.is_some();
-        if let Some(u) = &v.usage {
-            out.usage = match self.dialect {
-                Dialect::OpenAi => Usage::from_openai(u),
-                Dialect::Anthropic => {
-                    let mut c = AnthropicCounts::default();
-                    c.merge(u);
-                    c.seen().then(|| c.usage())
-                }
-            };
-        }
+        let whole = body.trim_ascii_end();
+        out.complete = whole.first() == Some(&b'{') && whole.last() == Some(&b'}');
+        out.upstream_error = memmem::find(whole, b"\"error\":").is_some();
+        out.usage = body_usage(whole, self.dialect);
         out
     }
 }
@@ -402,5 +473,29 @@ mod tests {
         let got = m.finish();
         assert_eq!(got.usage, None);
         assert!(!got.complete);
+    }
+
+    #[test]
+    fn json_usage_is_the_last_top_level_key_not_a_lookalike() {
+        // Content that mentions "usage" (escaped inside a string), a tool input with a
+        // `usage` key, then the answer's own usage.
+        let body = concat!(
+            "{\"content\":[{\"type\":\"text\",\"text\":\"the \\\"usage\\\": 5 field\"},",
+            "{\"type\":\"tool_use\",\"input\":{\"usage\":{\"input_tokens\":999}}}],",
+            "\"usage\" :\n {\"input_tokens\":7,\"output_tokens\":\"x\",\"extra\":[1,{\"a\":null}]}}  \n"
+        );
+        let mut m = Meter::new(Dialect::Anthropic, false);
+        feed_split(&mut m, body, 11);
+        let got = m.finish();
+        assert!(got.complete);
+        let u = got.usage.expect("usage");
+        // A count that is not a number reads as absent, not as a failed body.
+        assert_eq!((u.input_tokens, u.output_tokens), (7, 0));
+
+        let mut m = Meter::new(Dialect::OpenAi, false);
+        m.feed(&Bytes::from_static(
+            b"{\"choices\":[{\"message\":{\"content\":\"\\\"usage\\\":{\\\"prompt_tokens\\\":1}\"}}]}",
+        ));
+        assert_eq!(m.finish().usage, None, "only escaped lookalikes: no usage");
     }
 }
