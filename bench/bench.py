@@ -300,9 +300,11 @@ def measure(rig, target, scenario, concurrency, duration, rate=None):
     cpu0 = cpu_seconds(pid) if pid else 0
     up0 = mock_requests(rig.mock_port)
     r = load(url, headers, body_file(rig.tmp, scenario), concurrency, duration, rate)
-    r["cpu_us_per_req"] = ((cpu_seconds(pid) - cpu0) * 1e6 / max(r["requests"], 1)) if pid else None
+    # The CPU delta spans the warm-up too, so it is divided by every request sent.
+    sent = max(r.get("sent", r["requests"]), 1)
+    r["cpu_us_per_req"] = ((cpu_seconds(pid) - cpu0) * 1e6 / sent) if pid else None
     # Upstream requests per request sent (warm-up included on both sides).
-    r["attempts_per_req"] = (mock_requests(rig.mock_port) - up0) / max(r.get("sent", r["requests"]), 1)
+    r["attempts_per_req"] = (mock_requests(rig.mock_port) - up0) / sent
     return r
 
 
