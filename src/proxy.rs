@@ -335,11 +335,11 @@ impl Drop for Ledger {
         tracing::info!(
             request_id = %self.request_id,
             key_id = self.key_id,
-            api = self.dialect.as_str(),
+            api = %self.dialect.as_str(),
             model = %self.head.model,
             stream = self.head.stream,
             status = self.status.as_u16(),
-            outcome = outcome.as_str(),
+            outcome = %outcome.as_str(),
             input_tokens = usage.input_tokens,
             output_tokens = usage.output_tokens,
             cached_tokens = usage.cached_tokens,

@@ -127,6 +127,7 @@ impl Upstream {
             .pool_max_idle_per_host(1024)
             .tcp_nodelay(true)
             .user_agent(concat!("glmgate/", env!("CARGO_PKG_VERSION")))
+            .redirect(reqwest::redirect::Policy::none())
             .build()?;
         let pool = Pool::build(s, None, restored, Some(limits_tx.clone()));
         Ok(Upstream {
