@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use reqwest::Url;
 use serde::Deserialize;
+use url::Url;
 
 /// Prefix of environment overrides: `GLMGATE_SERVER__LISTEN=0.0.0.0:8080` sets `server.listen`.
 pub const ENV_PREFIX: &str = "GLMGATE_";
@@ -753,6 +753,17 @@ fn account_keys(prefix: &str, a: &RawAccount) -> anyhow::Result<Vec<Secret>> {
             .with_context(|| format!("{prefix}.keys_file: cannot read {}", path.display()))?;
         keys.extend(split_keys(&text));
     }
+    // A key is sent in a header: printable ASCII only (a stray control character would
+    // otherwise fail every request sent with it). The message does not show the key.
+    if let Some(i) = keys
+        .iter()
+        .position(|k| !k.expose().bytes().all(|b| b.is_ascii_graphic()))
+    {
+        bail!(
+            "{prefix}: key number {} has a character that cannot be sent in a header",
+            i + 1
+        );
+    }
     let mut seen = std::collections::HashSet::new();
     keys.retain(|k| seen.insert(k.expose().to_string()));
     Ok(keys)
@@ -992,6 +1003,16 @@ keys_file = "{}"
         assert_eq!(p.accounts[1].keys.len(), 2);
         assert_eq!(p.accounts[1].keys[1].expose(), "k-file-2");
         assert_eq!(s.upstream.key_count(), 4);
+        let err = parse(
+            "[[providers]]\nname=\"p\"\npreset=\"zai\"\n[[providers.accounts]]\nname=\"a\"\nkeys=[\"ok\", \"se\\u0007cret\"]\n",
+            &[],
+        )
+        .expect_err("a control character in a key");
+        assert!(err.to_string().contains("key number 2"), "{err}");
+        assert!(
+            !err.to_string().contains("cret"),
+            "the key is not shown: {err}"
+        );
         let err = parse("[upstream]\nkeys=[\"x\"]\n[[providers]]\nname=\"p\"\n", &[])
             .expect_err("both forms");
         assert!(err.to_string().contains("upstream.keys"), "{err}");

@@ -8,6 +8,7 @@
 
 pub mod aimd;
 pub mod classify;
+pub mod client;
 pub mod pool;
 pub mod quota;
 
@@ -17,11 +18,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use bytes::{Bytes, BytesMut};
 use futures_util::stream::{BoxStream, StreamExt};
-use http_body_util::BodyExt;
 use tokio::sync::mpsc;
+
+use client::HttpClient;
 
 use crate::config::{AnthropicAuth, Policy, UpstreamSettings};
 use crate::error::{ApiError, Dialect};
@@ -34,7 +36,7 @@ const DEFAULT_ANTHROPIC_VERSION: &str = "2023-06-01";
 /// Error bodies are read whole (to classify them) up to this size.
 const ERROR_BODY_LIMIT: usize = 1 << 20;
 
-pub type BodyStream = BoxStream<'static, Result<Bytes, reqwest::Error>>;
+pub type BodyStream = BoxStream<'static, Result<Bytes, hyper::Error>>;
 
 /// An upstream answer whose head and first bytes have arrived: what is streamed back.
 pub struct Opened {
@@ -99,7 +101,7 @@ struct Failed {
 }
 
 pub struct Upstream {
-    client: reqwest::Client,
+    client: HttpClient,
     pool: ArcSwap<Pool>,
     waiters: Arc<Waiters>,
     limits_tx: mpsc::UnboundedSender<LimitUpdate>,
@@ -121,14 +123,7 @@ impl Upstream {
         restored: &HashMap<(String, String), f64>,
         limits_tx: mpsc::UnboundedSender<LimitUpdate>,
     ) -> anyhow::Result<Upstream> {
-        let client = reqwest::Client::builder()
-            .connect_timeout(s.policy.connect_timeout)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(1024)
-            .tcp_nodelay(true)
-            .user_agent(concat!("glmgate/", env!("CARGO_PKG_VERSION")))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()?;
+        let client = HttpClient::new(s.policy.connect_timeout)?;
         let pool = Pool::build(s, None, restored, Some(limits_tx.clone()));
         Ok(Upstream {
             client,
@@ -138,7 +133,7 @@ impl Upstream {
         })
     }
 
-    pub fn client(&self) -> &reqwest::Client {
+    pub fn client(&self) -> &HttpClient {
         &self.client
     }
 
@@ -146,36 +141,31 @@ impl Upstream {
     /// fails (the caller then counts locally).
     pub async fn count_tokens(&self, client_headers: &HeaderMap, body: Bytes) -> Option<Bytes> {
         let (provider, key) = self.pool().count_tokens_target()?;
-        let url = provider.count_tokens.clone()?;
-        let mut req = self
-            .client
-            .post(url)
-            .header(header::CONTENT_TYPE, "application/json")
-            .timeout(Duration::from_secs(30))
-            .body(body);
-        for name in ANTHROPIC_FORWARDED {
-            if let Some(v) = client_headers.get(*name) {
-                req = req.header(*name, v);
-            }
-        }
-        if !client_headers.contains_key("anthropic-version") {
-            req = req.header("anthropic-version", DEFAULT_ANTHROPIC_VERSION);
-        }
-        req = match provider.anthropic_auth {
-            AnthropicAuth::Bearer => req.bearer_auth(key.secret.expose()),
-            AnthropicAuth::XApiKey => req.header("x-api-key", key.secret.expose()),
-        };
-        match req.send().await {
-            Ok(r) if r.status().is_success() => r.bytes().await.ok(),
-            Ok(r) => {
+        let uri = provider.count_tokens.as_ref()?;
+        let mut req = HttpClient::request(Method::POST, uri, body);
+        let h = req.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        anthropic_headers(h, client_headers);
+        set_auth(
+            h,
+            Dialect::Anthropic,
+            provider.anthropic_auth,
+            key.secret.expose(),
+        );
+        match self.client.fetch(req, Duration::from_secs(30)).await {
+            Ok((status, body)) if status.is_success() => Some(body),
+            Ok((status, _)) => {
                 tracing::debug!(
-                    status = r.status().as_u16(),
+                    status = status.as_u16(),
                     "upstream count_tokens refused; counting locally"
                 );
                 None
             }
-            Err(e) => {
-                tracing::debug!(error = %e.without_url(), "upstream count_tokens failed; counting locally");
+            Err(error) => {
+                tracing::debug!(%error, "upstream count_tokens failed; counting locally");
                 None
             }
         }
@@ -388,7 +378,7 @@ impl Upstream {
             answer: None,
             error: ApiError::UpstreamInvalid(why.to_string()),
         };
-        let Some(url) = target.provider.endpoint(dialect) else {
+        let Some(uri) = target.provider.endpoint(dialect) else {
             return Err(Failed {
                 failure: Failure::transport(),
                 answer: None,
@@ -398,22 +388,21 @@ impl Upstream {
                 )),
             });
         };
-        let req = self.build(url, target, dialect, client_headers, body);
-        let resp = match tokio::time::timeout_at(deadline, req.send()).await {
+        let req = build(uri, target, dialect, client_headers, body);
+        let resp = match tokio::time::timeout_at(deadline, self.client.send(req)).await {
             Err(_) => return Err(timeout()),
-            Ok(Err(e)) if e.is_timeout() => return Err(timeout()),
             Ok(Err(e)) => {
                 return Err(Failed {
                     failure: Failure::transport(),
                     answer: None,
-                    error: ApiError::UpstreamUnreachable(describe(&e)),
+                    error: ApiError::UpstreamUnreachable(client::describe(&e, uri)),
                 })
             }
             Ok(Ok(r)) => r,
         };
-        let (parts, body) = axum::http::Response::from(resp).into_parts();
+        let (parts, body) = resp.into_parts();
         let (status, headers) = (parts.status, parts.headers);
-        let mut stream: BodyStream = body.into_data_stream().boxed();
+        let mut stream: BodyStream = http_body_util::BodyDataStream::new(body).boxed();
         if !status.is_success() {
             let mut buf = BytesMut::new();
             loop {
@@ -487,43 +476,61 @@ impl Upstream {
             failure: None,
         })
     }
+}
 
-    fn build(
-        &self,
-        url: &reqwest::Url,
-        target: &Target,
-        dialect: Dialect,
-        client_headers: &HeaderMap,
-        body: Bytes,
-    ) -> reqwest::RequestBuilder {
-        let key = target.key.secret.expose();
-        let mut req = self
-            .client
-            .post(url.clone())
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(body);
-        if let Some(accept) = client_headers.get(header::ACCEPT) {
-            req = req.header(header::ACCEPT, accept);
+/// The upstream request: the client's body, its `Accept` and (Anthropic) version headers,
+/// and the key in the provider's scheme.
+fn build(
+    uri: &Uri,
+    target: &Target,
+    dialect: Dialect,
+    client_headers: &HeaderMap,
+    body: Bytes,
+) -> axum::http::Request<http_body_util::Full<Bytes>> {
+    let mut req = HttpClient::request(Method::POST, uri, body);
+    let h = req.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Some(accept) = client_headers.get(header::ACCEPT) {
+        h.insert(header::ACCEPT, accept.clone());
+    }
+    if dialect == Dialect::Anthropic {
+        anthropic_headers(h, client_headers);
+    }
+    set_auth(
+        h,
+        dialect,
+        target.provider.anthropic_auth,
+        target.key.secret.expose(),
+    );
+    req
+}
+
+/// The client's `anthropic-*` headers, with a default version when it sent none.
+fn anthropic_headers(h: &mut HeaderMap, client_headers: &HeaderMap) {
+    for name in ANTHROPIC_FORWARDED {
+        if let Some(v) = client_headers.get(*name) {
+            h.insert(*name, v.clone());
         }
-        match dialect {
-            Dialect::OpenAi => req.bearer_auth(key),
-            Dialect::Anthropic => {
-                for name in ANTHROPIC_FORWARDED {
-                    if let Some(v) = client_headers.get(*name) {
-                        req = req.header(*name, v);
-                    }
-                }
-                if !client_headers.contains_key("anthropic-version") {
-                    req = req.header(
-                        "anthropic-version",
-                        HeaderValue::from_static(DEFAULT_ANTHROPIC_VERSION),
-                    );
-                }
-                match target.provider.anthropic_auth {
-                    AnthropicAuth::Bearer => req.bearer_auth(key),
-                    AnthropicAuth::XApiKey => req.header("x-api-key", key),
-                }
-            }
+    }
+    if !client_headers.contains_key("anthropic-version") {
+        h.insert(
+            "anthropic-version",
+            HeaderValue::from_static(DEFAULT_ANTHROPIC_VERSION),
+        );
+    }
+}
+
+/// The key: a bearer token on the OpenAI API; on the Anthropic API as the provider wants it.
+fn set_auth(h: &mut HeaderMap, dialect: Dialect, auth: AnthropicAuth, key: &str) {
+    match (dialect, auth) {
+        (Dialect::Anthropic, AnthropicAuth::XApiKey) => {
+            h.insert("x-api-key", client::secret_value(key));
+        }
+        _ => {
+            h.insert(header::AUTHORIZATION, client::bearer(key));
         }
     }
 }
@@ -574,25 +581,6 @@ fn plausible_start(chunk: &[u8], is_sse: bool) -> bool {
     } else {
         matches!(b, b'{' | b'[')
     }
-}
-
-/// A client-safe description of a transport error: its kind and host, never a key.
-fn describe(e: &reqwest::Error) -> String {
-    let host = e
-        .url()
-        .and_then(|u| {
-            u.host_str()
-                .map(|h| format!("{h}:{}", u.port_or_known_default().unwrap_or(0)))
-        })
-        .unwrap_or_else(|| "upstream".into());
-    let kind = if e.is_connect() {
-        "could not connect to"
-    } else if e.is_request() {
-        "request failed to"
-    } else {
-        "error talking to"
-    };
-    format!("{kind} {host}")
 }
 
 #[cfg(test)]

@@ -11,11 +11,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use axum::http::Uri;
 use chrono::{DateTime, Utc};
-use reqwest::Url;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, Notify};
+use url::Url;
 
 use super::aimd::{Aimd, Change};
 use super::classify::{Class, Classifier, Failure};
@@ -28,15 +29,15 @@ const MINUTE: Duration = Duration::from_secs(60);
 #[derive(Debug)]
 pub struct Provider {
     pub name: String,
-    pub openai: Option<Url>,
-    pub anthropic: Option<Url>,
+    pub openai: Option<Uri>,
+    pub anthropic: Option<Uri>,
     pub anthropic_auth: AnthropicAuth,
     /// `{anthropic base}/v1/messages/count_tokens`, when the provider is asked for counts.
-    pub count_tokens: Option<Url>,
+    pub count_tokens: Option<Uri>,
 }
 
 impl Provider {
-    pub fn endpoint(&self, dialect: Dialect) -> Option<&Url> {
+    pub fn endpoint(&self, dialect: Dialect) -> Option<&Uri> {
         match dialect {
             Dialect::OpenAi => self.openai.as_ref(),
             Dialect::Anthropic => self.anthropic.as_ref(),
@@ -927,8 +928,8 @@ impl Pool {
                     .collect();
                 json!({
                     "provider": p.name,
-                    "openai_endpoint": p.openai.as_ref().map(Url::as_str),
-                    "anthropic_endpoint": p.anthropic.as_ref().map(Url::as_str),
+                    "openai_endpoint": p.openai.as_ref().map(Uri::to_string),
+                    "anthropic_endpoint": p.anthropic.as_ref().map(Uri::to_string),
                     "accounts": accounts,
                 })
             })
@@ -937,8 +938,11 @@ impl Pool {
     }
 }
 
-fn join(base: &Url, suffix: &str) -> Option<Url> {
-    Url::parse(&format!("{}{suffix}", base.as_str().trim_end_matches('/'))).ok()
+/// An endpoint under a base URL, parsed once here rather than on every request.
+fn join(base: &Url, suffix: &str) -> Option<Uri> {
+    format!("{}{suffix}", base.as_str().trim_end_matches('/'))
+        .parse()
+        .ok()
 }
 
 fn jitter(d: Duration) -> Duration {
@@ -1278,7 +1282,7 @@ mod tests {
         let pool = Pool::build(&settings(&[]), None, &HashMap::new(), None);
         let p = &pool.providers[0];
         assert_eq!(
-            p.endpoint(Dialect::OpenAi).map(Url::as_str),
+            p.endpoint(Dialect::OpenAi).map(Uri::to_string).as_deref(),
             Some("http://127.0.0.1:9/v4/chat/completions")
         );
         assert!(p.endpoint(Dialect::Anthropic).is_none());

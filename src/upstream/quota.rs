@@ -10,9 +10,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::http::{header, Method, Uri};
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
+use super::client::{bearer, HttpClient};
 use super::pool::{Provider, QuotaReading};
 use super::Upstream;
 
@@ -35,24 +38,20 @@ pub fn spawn(upstream: Arc<Upstream>) {
 async fn poll_once(upstream: &Upstream) {
     let pool = upstream.pool();
     for (account, provider, key) in pool.quota_targets() {
-        let Some(url) = monitor_url(&provider) else {
+        let Some(uri) = monitor_uri(&provider) else {
             continue;
         };
-        let resp = upstream
-            .client()
-            .get(url)
-            .bearer_auth(key.secret.expose())
-            .timeout(Duration::from_secs(10))
-            .send()
-            .await;
-        let body = match resp {
-            Ok(r) if r.status().is_success() => r.bytes().await.ok(),
-            Ok(r) => {
-                tracing::debug!(%account, status = r.status().as_u16(), "quota monitor refused");
+        let mut req = HttpClient::request(Method::GET, &uri, Bytes::new());
+        req.headers_mut()
+            .insert(header::AUTHORIZATION, bearer(key.secret.expose()));
+        let body = match upstream.client().fetch(req, Duration::from_secs(10)).await {
+            Ok((status, body)) if status.is_success() => Some(body),
+            Ok((status, _)) => {
+                tracing::debug!(%account, status = status.as_u16(), "quota monitor refused");
                 None
             }
-            Err(e) => {
-                tracing::debug!(%account, error = %e.without_url(), "quota monitor unreachable");
+            Err(error) => {
+                tracing::debug!(%account, %error, "quota monitor unreachable");
                 None
             }
         };
@@ -62,12 +61,15 @@ async fn poll_once(upstream: &Upstream) {
     }
 }
 
-fn monitor_url(p: &Provider) -> Option<reqwest::Url> {
+/// The monitor on the host of the provider's OpenAI (else Anthropic) endpoint.
+fn monitor_uri(p: &Provider) -> Option<Uri> {
     let base = p.openai.as_ref().or(p.anthropic.as_ref())?;
-    let mut url = base.clone();
-    url.set_path(QUOTA_PATH);
-    url.set_query(None);
-    Some(url)
+    Uri::builder()
+        .scheme(base.scheme()?.clone())
+        .authority(base.authority()?.clone())
+        .path_and_query(QUOTA_PATH)
+        .build()
+        .ok()
 }
 
 /// Reads the monitor's answer; `None` when it has no usable limit.
