@@ -5,8 +5,10 @@
 //! and parses JSON only for events that mention `usage` or `error`. For JSON bodies it keeps
 //! the chunks (reference-counted, no copy) and parses once at the end.
 
+use std::sync::LazyLock;
+
 use bytes::Bytes;
-use memchr::memmem;
+use memchr::memmem::{Finder, FinderRev};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
@@ -16,6 +18,10 @@ use crate::error::Dialect;
 /// Largest non-stream body the meter keeps for parsing usage; bigger bodies still pass
 /// through, and their usage is estimated.
 const MAX_JSON_BODY: usize = 16 * 1024 * 1024;
+
+const USAGE_KEY: &[u8] = b"\"usage\"";
+/// Searchers are built once: building one costs more than searching a short event.
+static ERROR: LazyLock<Finder> = LazyLock::new(|| Finder::new(b"\"error\""));
 
 /// Token counts in OpenAI's convention: `input_tokens` includes cached (cache-read) tokens.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -209,7 +215,8 @@ impl WireUsage<'_> {
 /// content, so the last `"usage":` key in the body is the answer's own; a key that only
 /// looks like one (inside a string its quotes are escaped) does not parse and is skipped.
 fn body_usage(body: &[u8], dialect: Dialect) -> Option<Usage> {
-    for at in memmem::rfind_iter(body, b"\"usage\"") {
+    static USAGE_REV: LazyLock<FinderRev> = LazyLock::new(|| FinderRev::new(USAGE_KEY));
+    for at in USAGE_REV.rfind_iter(body) {
         if at > 0 && body[at - 1] == b'\\' {
             continue;
         }
@@ -260,7 +267,7 @@ impl JsonMeter {
         self.chunks.clear();
         let whole = body.trim_ascii_end();
         out.complete = whole.first() == Some(&b'{') && whole.last() == Some(&b'}');
-        out.upstream_error = memmem::find(whole, b"\"error\":").is_some();
+        out.upstream_error = ERROR.find(whole).is_some();
         out.usage = body_usage(whole, self.dialect);
         out
     }
@@ -302,9 +309,11 @@ impl SseMeter {
             return;
         }
         self.out.events += 1;
-        let wanted = memmem::find(payload, b"\"usage\"").is_some()
-            || memmem::find(payload, b"\"error\"").is_some()
-            || memmem::find(payload, b"message_stop").is_some();
+        static USAGE: LazyLock<Finder> = LazyLock::new(|| Finder::new(USAGE_KEY));
+        static STOP: LazyLock<Finder> = LazyLock::new(|| Finder::new(b"message_stop"));
+        let wanted = USAGE.find(payload).is_some()
+            || ERROR.find(payload).is_some()
+            || STOP.find(payload).is_some();
         if !wanted {
             return;
         }

@@ -34,16 +34,16 @@ use crate::upstream::pool::Permit;
 use crate::upstream::{BodyStream, Opened};
 
 /// Upstream response headers passed on to the client.
-const PASSED_HEADERS: [&str; 7] = [
-    "content-type",
+const PASSED_HEADERS: [HeaderName; 7] = [
+    header::CONTENT_TYPE,
     // Kept so a body is framed as the upstream framed it (hyper honours it on a streamed
     // body); a body cut short then ends the connection, as it would upstream.
-    "content-length",
-    "cache-control",
-    "retry-after",
-    "retry-after-ms",
-    "x-should-retry",
-    "request-id",
+    header::CONTENT_LENGTH,
+    header::CACHE_CONTROL,
+    header::RETRY_AFTER,
+    HeaderName::from_static("retry-after-ms"),
+    HeaderName::from_static("x-should-retry"),
+    HeaderName::from_static("request-id"),
 ];
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -222,9 +222,10 @@ fn stream_back(
     ledger.account = opened.account.take();
     ledger.attempts = opened.attempts;
     let mut headers = HeaderMap::new();
-    for name in PASSED_HEADERS {
-        if let Some(v) = opened.headers.get(name) {
-            headers.insert(HeaderName::from_static(name), v.clone());
+    // One pass over the upstream's few headers, not a hashed lookup per allowed name.
+    for (name, v) in &opened.headers {
+        if PASSED_HEADERS.contains(name) && !headers.contains_key(name) {
+            headers.insert(name.clone(), v.clone());
         }
     }
     let is_sse = opened.is_sse;

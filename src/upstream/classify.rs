@@ -7,10 +7,12 @@
 //! documented.
 
 use std::collections::HashMap;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use axum::http::{HeaderMap, StatusCode};
 use chrono::{DateTime, NaiveDateTime, Utc};
+use memchr::memmem::Finder;
 
 use crate::config::RawClasses;
 
@@ -164,9 +166,9 @@ impl Classifier {
                 return None;
             }
         } else {
-            if memchr::memmem::find(chunk, b"\"choices\"").is_some()
-                || memchr::memmem::find(chunk, b"\"content\"").is_some()
-            {
+            static CHOICES: LazyLock<Finder> = LazyLock::new(|| Finder::new(b"\"choices\""));
+            static CONTENT: LazyLock<Finder> = LazyLock::new(|| Finder::new(b"\"content\""));
+            if CHOICES.find(chunk).is_some() || CONTENT.find(chunk).is_some() {
                 return None;
             }
             chunk
