@@ -1,37 +1,82 @@
-//! The HTTP client for upstream calls: hyper's pooled client over rustls, kept alive, HTTP/2
-//! where the server offers it. Requests are built from URIs parsed once at configuration
-//! time, so the request path does no URL parsing, redirect handling or proxy matching
-//! (a general-purpose client's layers cost about a tenth of glmgate's instructions per
-//! request).
+//! The HTTP client for upstream calls: HTTP/1.1 connections over TCP or rustls, kept alive
+//! in a small pool, with requests built from URIs parsed once at configuration time.
+//!
+//! Each connection is driven by the task that reads its answer, not by a task of its own:
+//! when the answer's body is polled, the connection decodes what it has already read. A
+//! burst of events that arrived in one read is thus handed over in one pass and leaves in
+//! one write, where a spawned connection task hands over one chunk per wake-up. When the
+//! answer ends, the connection goes back to the pool; when the reader drops it early (the
+//! client went away), the connection closes, which cancels the upstream request.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use axum::http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri};
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use bytes::{Bytes, BytesMut};
+use futures_util::{Stream, StreamExt};
+use http_body_util::Full;
+use hyper::body::Body as _;
 use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
+use hyper::client::conn::http1;
+use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::TokioIo;
+use tower_service::Service;
 
 const USER_AGENT: &str = concat!("glmgate/", env!("CARGO_PKG_VERSION"));
+/// Idle connections older than this are closed rather than reused.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+const MAX_IDLE_PER_ORIGIN: usize = 1024;
+
+type Io = MaybeHttpsStream<TokioIo<tokio::net::TcpStream>>;
+type Conn = http1::Connection<Io, Full<Bytes>>;
+type Sender = http1::SendRequest<Full<Bytes>>;
+
+struct Idle {
+    sender: Sender,
+    conn: Conn,
+    since: Instant,
+}
+
+struct Inner {
+    connector: HttpsConnector<HttpConnector>,
+    /// Idle connections by origin (`scheme://authority`).
+    idle: Mutex<HashMap<String, Vec<Idle>>>,
+}
 
 #[derive(Clone)]
 pub struct HttpClient {
-    inner: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    inner: Arc<Inner>,
 }
 
-/// Why an upstream call failed before an answer arrived, in words safe to show a client:
-/// the kind and the host, never the path or a key.
-pub fn describe(e: &hyper_util::client::legacy::Error, uri: &Uri) -> String {
+/// Why an upstream call failed before its answer's head arrived.
+#[derive(Debug)]
+pub enum SendError {
+    Connect(String),
+    Http(hyper::Error),
+}
+
+/// Why an upstream call failed, in words safe to show a client: the kind and the host,
+/// never the path or a key.
+pub fn describe(e: &SendError, uri: &Uri) -> String {
     let host = uri.authority().map_or("upstream", |a| a.as_str());
-    let kind = if e.is_connect() {
-        "could not connect to"
-    } else {
-        "error talking to"
+    let kind = match e {
+        SendError::Connect(_) => "could not connect to",
+        SendError::Http(_) => "error talking to",
     };
     format!("{kind} {host}")
+}
+
+fn origin(uri: &Uri) -> String {
+    format!(
+        "{}://{}",
+        uri.scheme_str().unwrap_or("http"),
+        uri.authority().map_or("", |a| a.as_str())
+    )
 }
 
 impl HttpClient {
@@ -40,24 +85,22 @@ impl HttpClient {
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(connect_timeout));
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())?
             .https_or_http()
             .enable_http1()
-            .enable_http2()
             .wrap_connector(http);
-        let inner = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(1024)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(https);
-        Ok(HttpClient { inner })
+        Ok(HttpClient {
+            inner: Arc::new(Inner {
+                connector,
+                idle: Mutex::new(HashMap::new()),
+            }),
+        })
     }
 
     /// A request with the gateway's user agent; the caller adds the rest of the headers.
-    pub fn request(method: Method, uri: &Uri, body: Bytes) -> Request<Full<Bytes>> {
-        let mut req = Request::new(Full::new(body));
+    pub fn request(method: Method, uri: &Uri, body: Bytes) -> Request<Bytes> {
+        let mut req = Request::new(body);
         *req.method_mut() = method;
         *req.uri_mut() = uri.clone();
         req.headers_mut()
@@ -65,35 +108,218 @@ impl HttpClient {
         req
     }
 
-    /// Sends a request; the answer's body is read by the caller, as it arrives.
-    pub async fn send(
+    /// A live idle connection to the request's origin, if the pool has one.
+    fn checkout(&self, key: &str) -> Option<(Sender, Conn)> {
+        let mut idle = self.inner.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let list = idle.get_mut(key)?;
+        let mut noop = Context::from_waker(std::task::Waker::noop());
+        while let Some(mut c) = list.pop() {
+            if c.since.elapsed() > IDLE_TIMEOUT || !c.sender.is_ready() {
+                continue;
+            }
+            // A connection the server closed while idle is finished; skip it.
+            if Pin::new(&mut c.conn).poll(&mut noop).is_pending() {
+                return Some((c.sender, c.conn));
+            }
+        }
+        None
+    }
+
+    fn checkin(&self, key: String, sender: Sender, conn: Conn) {
+        let mut idle = self.inner.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let list = idle.entry(key).or_default();
+        if list.len() < MAX_IDLE_PER_ORIGIN {
+            list.push(Idle {
+                sender,
+                conn,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    async fn connect(&self, uri: &Uri) -> Result<(Sender, Conn), SendError> {
+        let io = self
+            .inner
+            .connector
+            .clone()
+            .call(uri.clone())
+            .await
+            .map_err(|e| SendError::Connect(e.to_string()))?;
+        http1::Builder::new()
+            .handshake(io)
+            .await
+            .map_err(SendError::Http)
+    }
+
+    /// Sends a request and returns the answer's head; its body is read from the returned
+    /// stream, which also drives the connection.
+    pub async fn send(&self, req: Request<Bytes>) -> Result<Response<Driven>, SendError> {
+        let key = origin(req.uri());
+        if let Some((sender, conn)) = self.checkout(&key) {
+            let again = copy(&req);
+            match self.exchange(key.clone(), sender, conn, req).await {
+                Ok(resp) => return Ok(resp),
+                // The upstream closed a kept-alive connection as it was reused: nothing
+                // was answered, so the request goes again on a new connection.
+                Err(SendError::Http(e)) if e.is_canceled() || e.is_incomplete_message() => {
+                    let (sender, conn) = self.connect(again.uri()).await?;
+                    return self.exchange(key, sender, conn, again).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let (sender, conn) = self.connect(req.uri()).await?;
+        self.exchange(key, sender, conn, req).await
+    }
+
+    async fn exchange(
         &self,
-        req: Request<Full<Bytes>>,
-    ) -> Result<Response<Incoming>, hyper_util::client::legacy::Error> {
-        self.inner.request(req).await
+        key: String,
+        mut sender: Sender,
+        mut conn: Conn,
+        req: Request<Bytes>,
+    ) -> Result<Response<Driven>, SendError> {
+        let mut answer = std::pin::pin!(sender.send_request(req.map(Full::new)));
+        let mut conn_done = false;
+        let head = std::future::poll_fn(|cx| {
+            if let Poll::Ready(r) = answer.as_mut().poll(cx) {
+                return Poll::Ready(r);
+            }
+            if !conn_done {
+                if let Poll::Ready(r) = Pin::new(&mut conn).poll(cx) {
+                    conn_done = true;
+                    r?;
+                    // The connection ended first: the answer future now reports why.
+                    return answer.as_mut().poll(cx);
+                }
+            }
+            Poll::Pending
+        })
+        .await
+        .map_err(SendError::Http)?;
+        let (parts, body) = head.into_parts();
+        let driven = Driven {
+            body,
+            conn: (!conn_done).then_some((sender, conn)),
+            pool: self.clone(),
+            key,
+        };
+        Ok(Response::from_parts(parts, driven))
     }
 
     /// Sends a request and reads its whole answer (up to 1 MiB), all within `timeout`:
     /// for the side calls (quota monitor, token counts), not for proxied traffic.
     pub async fn fetch(
         &self,
-        req: Request<Full<Bytes>>,
+        req: Request<Bytes>,
         timeout: Duration,
     ) -> Result<(StatusCode, Bytes), String> {
         let uri = req.uri().clone();
         let call = async {
             let resp = self.send(req).await.map_err(|e| describe(&e, &uri))?;
             let status = resp.status();
-            let body = Limited::new(resp.into_body(), 1 << 20)
-                .collect()
-                .await
-                .map_err(|_| "the answer was cut off or too large".to_string())?
-                .to_bytes();
-            Ok((status, body))
+            let mut body = resp.into_body();
+            let mut buf = BytesMut::new();
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(|_| "the answer was cut off".to_string())?;
+                buf.extend_from_slice(&chunk);
+                if buf.len() > 1 << 20 {
+                    return Err("the answer is too large".to_string());
+                }
+            }
+            Ok((status, buf.freeze()))
         };
         tokio::time::timeout(timeout, call)
             .await
             .unwrap_or_else(|_| Err(format!("no answer within {} s", timeout.as_secs())))
+    }
+}
+
+fn copy(req: &Request<Bytes>) -> Request<Bytes> {
+    let mut again = Request::new(req.body().clone());
+    *again.method_mut() = req.method().clone();
+    *again.uri_mut() = req.uri().clone();
+    *again.headers_mut() = req.headers().clone();
+    again
+}
+
+/// An answer's body that drives its connection while it is read, and returns the
+/// connection to the pool when it ends.
+pub struct Driven {
+    body: Incoming,
+    /// `None` once the connection has ended (or been returned).
+    conn: Option<(Sender, Conn)>,
+    pool: HttpClient,
+    key: String,
+}
+
+impl Driven {
+    fn next_data(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, hyper::Error>>> {
+        loop {
+            match Pin::new(&mut self.body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => return Poll::Ready(Some(Ok(data))),
+                    Err(_trailers) => continue,
+                },
+                Poll::Ready(Some(Err(e))) => {
+                    self.conn = None;
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => {}
+            }
+            let Some((_, conn)) = self.conn.as_mut() else {
+                return Poll::Pending;
+            };
+            match Pin::new(conn).poll(cx) {
+                // The connection decoded more (or ended): look at the body again.
+                Poll::Ready(r) => {
+                    self.conn = None;
+                    if let Err(e) = r {
+                        return Poll::Ready(Some(Err(e)));
+                    }
+                }
+                Poll::Pending => match Pin::new(&mut self.body).poll_frame(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                        Ok(data) => return Poll::Ready(Some(Ok(data))),
+                        Err(_trailers) => continue,
+                    },
+                    Poll::Ready(Some(Err(e))) => {
+                        self.conn = None;
+                        return Poll::Ready(Some(Err(e)));
+                    }
+                    Poll::Ready(None) => return Poll::Ready(None),
+                },
+            }
+        }
+    }
+
+    /// The answer is complete: the connection goes back to the pool if it can take
+    /// another request.
+    fn release(&mut self, cx: &mut Context<'_>) {
+        let Some((sender, mut conn)) = self.conn.take() else {
+            return;
+        };
+        if Pin::new(&mut conn).poll(cx).is_pending() && sender.is_ready() {
+            self.pool
+                .checkin(std::mem::take(&mut self.key), sender, conn);
+        }
+    }
+}
+
+impl Stream for Driven {
+    type Item = Result<Bytes, hyper::Error>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        let next = this.next_data(cx);
+        // A body of known length is over with its last bytes (the reader may not poll
+        // again once it has them all), so the connection goes back then.
+        if matches!(next, Poll::Ready(None)) || this.body.is_end_stream() {
+            this.release(cx);
+        }
+        next
     }
 }
 
@@ -102,8 +328,8 @@ pub fn bearer(secret: &str) -> HeaderValue {
     secret_value(&format!("Bearer {secret}"))
 }
 
-/// A header value holding a secret, marked sensitive. A secret that is not a valid header
-/// value (config validation rejects those) becomes an empty value the upstream refuses.
+/// A header value holding a secret, marked sensitive. Config validation refuses keys that
+/// are not valid header values; one that slipped through becomes an empty value.
 pub fn secret_value(s: &str) -> HeaderValue {
     let mut v = HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""));
     v.set_sensitive(true);

@@ -4,7 +4,7 @@
 //!
 //! An attempt counts as started only once the first body bytes are in hand, so an empty,
 //! garbage or error-in-200 answer is retried like any other failure. Connections are
-//! pooled and kept alive (HTTP/2 where offered, TLS by rustls).
+//! pooled and kept alive (HTTP/1.1, TLS by rustls; see `client`).
 
 pub mod aimd;
 pub mod classify;
@@ -402,7 +402,7 @@ impl Upstream {
         };
         let (parts, body) = resp.into_parts();
         let (status, headers) = (parts.status, parts.headers);
-        let mut stream: BodyStream = http_body_util::BodyDataStream::new(body).boxed();
+        let mut stream: BodyStream = body.boxed();
         if !status.is_success() {
             let mut buf = BytesMut::new();
             loop {
@@ -486,7 +486,7 @@ fn build(
     dialect: Dialect,
     client_headers: &HeaderMap,
     body: Bytes,
-) -> axum::http::Request<http_body_util::Full<Bytes>> {
+) -> axum::http::Request<Bytes> {
     let mut req = HttpClient::request(Method::POST, uri, body);
     let h = req.headers_mut();
     h.insert(
