@@ -3,13 +3,13 @@
 //! Shutdown order: stop accepting; let in-flight responses finish up to the grace period;
 //! then drain the usage queue into the store, so a clean stop loses no record.
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::accounting::{self, Recorder, RecorderHandle};
@@ -120,34 +120,56 @@ fn spawn_reloaders(state: Arc<AppState>) {
 }
 
 /// Serves on `listener` until `shutdown` resolves, then shuts down gracefully.
+///
+/// Requests are served by `settings.workers` threads, each running its own single-threaded
+/// event loop and accepting from the same socket. A request, its upstream connection and
+/// its answer stay on one thread from start to end, so no wake-up crosses threads on the
+/// request path. Background work (accounting writes, reloads, quota polls) stays on the
+/// caller's runtime.
 pub async fn serve(
     settings: Settings,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let grace = settings.shutdown_grace;
+    let workers = settings.workers.max(1);
     let (state, recorder) = build_state(settings).await?;
     spawn_reloaders(state.clone());
-    if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, "glmgate listening");
-    }
-    crate::upstream::quota::spawn(state.upstream.clone());
     let app = crate::routes::router(state.clone());
-    let stopping = Arc::new(Notify::new());
-    let signal = {
-        let stopping = stopping.clone();
-        async move {
-            shutdown.await;
-            tracing::info!("shutting down: no new connections; waiting for in-flight requests");
-            stopping.notify_one();
-        }
-    };
-    let server = axum::serve(with_nodelay(listener), app).with_graceful_shutdown(signal);
+    let listen_addr = listener.local_addr()?;
+    let listener = listener.into_std()?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut finished = Vec::with_capacity(workers);
+    for i in 0..workers {
+        let (done_tx, done_rx) = oneshot::channel::<()>();
+        let worker = Worker {
+            index: i,
+            listener: listener.try_clone()?,
+            app: app.clone(),
+            stop: stop_rx.clone(),
+        };
+        std::thread::Builder::new()
+            .name(format!("glmgate-worker-{i}"))
+            .spawn(move || {
+                worker.run();
+                drop(done_tx);
+            })?;
+        finished.push(done_rx);
+    }
+    drop(listener);
+    tracing::info!(addr = %listen_addr, workers, "glmgate listening");
+    crate::upstream::quota::spawn(state.upstream.clone());
+    let all_finished = futures_util::future::join_all(finished);
+    tokio::pin!(all_finished);
     tokio::select! {
-        result = server.into_future() => result?,
-        _ = async { stopping.notified().await; tokio::time::sleep(grace).await } => {
-            tracing::warn!(grace_secs = grace.as_secs(), "grace period over; closing remaining connections");
+        _ = shutdown => {
+            tracing::info!("shutting down: no new connections; waiting for in-flight requests");
+            let _ = stop_tx.send(true);
+            if tokio::time::timeout(grace, &mut all_finished).await.is_err() {
+                tracing::warn!(grace_secs = grace.as_secs(), "grace period over; closing remaining connections");
+            }
         }
+        _ = &mut all_finished => tracing::error!("every serving thread stopped"),
     }
     recorder.shutdown().await;
     // Learned limits are also saved as they change; this makes a clean stop certain.
@@ -164,6 +186,49 @@ pub async fn serve(
     state.store.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// One serving thread: a single-threaded runtime accepting from a clone of the socket.
+struct Worker {
+    index: usize,
+    listener: std::net::TcpListener,
+    app: axum::Router,
+    stop: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Worker {
+    fn run(self) {
+        crate::upstream::client::set_worker(self.index);
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, worker = self.index, "cannot start a serving thread");
+                return;
+            }
+        };
+        let mut stop = self.stop;
+        runtime.block_on(async move {
+            let listener = match TcpListener::from_std(self.listener) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!(error = %e, worker = self.index, "cannot listen");
+                    return;
+                }
+            };
+            let stopped = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            if let Err(e) = axum::serve(with_nodelay(listener), self.app)
+                .with_graceful_shutdown(stopped)
+                .await
+            {
+                tracing::error!(error = %e, worker = self.index, "serving thread failed");
+            }
+        });
+    }
 }
 
 /// Sets TCP_NODELAY on every accepted connection: without it, Nagle's algorithm holds a

@@ -188,6 +188,8 @@ pub struct RawServer {
     pub listen: String,
     pub max_body_bytes: usize,
     pub shutdown_grace_secs: u64,
+    /// Threads serving requests; 0 means one per CPU.
+    pub workers: usize,
 }
 
 impl Default for RawServer {
@@ -197,6 +199,7 @@ impl Default for RawServer {
             // Anthropic's own limit for Messages requests.
             max_body_bytes: 32 * 1024 * 1024,
             shutdown_grace_secs: 30,
+            workers: 0,
         }
     }
 }
@@ -477,6 +480,8 @@ impl fmt::Debug for Secret {
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub listen: SocketAddr,
+    /// Serving threads, each with its own event loop and upstream connections (at least 1).
+    pub workers: usize,
     pub max_body_bytes: usize,
     pub shutdown_grace: Duration,
     pub store_path: PathBuf,
@@ -649,8 +654,13 @@ pub fn validate(raw: RawConfig, env_keys: Option<&str>) -> anyhow::Result<Settin
     let models = raw
         .models
         .unwrap_or_else(|| DEFAULT_MODELS.iter().map(|m| m.to_string()).collect());
+    let workers = match raw.server.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
     Ok(Settings {
         listen,
+        workers,
         max_body_bytes: raw.server.max_body_bytes,
         shutdown_grace: Duration::from_secs(raw.server.shutdown_grace_secs),
         store_path: raw.store.path,

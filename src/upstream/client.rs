@@ -44,8 +44,23 @@ struct Idle {
 
 struct Inner {
     connector: HttpsConnector<HttpConnector>,
-    /// Idle connections by origin (`scheme://authority`).
-    idle: Mutex<HashMap<String, Vec<Idle>>>,
+    /// Idle connections by serving thread and origin (`scheme://authority`).
+    idle: Mutex<HashMap<(usize, String), Vec<Idle>>>,
+}
+
+thread_local! {
+    /// The serving thread this is (`usize::MAX` elsewhere): a connection is registered with
+    /// one thread's event loop, so it is reused only on that thread.
+    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };
+}
+
+/// Marks the current thread as serving thread `i`.
+pub fn set_worker(i: usize) {
+    WORKER.with(|w| w.set(i));
+}
+
+fn pool_key(uri: &Uri) -> (usize, String) {
+    (WORKER.with(|w| w.get()), origin(uri))
 }
 
 #[derive(Clone)]
@@ -109,7 +124,7 @@ impl HttpClient {
     }
 
     /// A live idle connection to the request's origin, if the pool has one.
-    fn checkout(&self, key: &str) -> Option<(Sender, Conn)> {
+    fn checkout(&self, key: &(usize, String)) -> Option<(Sender, Conn)> {
         let mut idle = self.inner.idle.lock().unwrap_or_else(|e| e.into_inner());
         let list = idle.get_mut(key)?;
         let mut noop = Context::from_waker(std::task::Waker::noop());
@@ -125,7 +140,7 @@ impl HttpClient {
         None
     }
 
-    fn checkin(&self, key: String, sender: Sender, conn: Conn) {
+    fn checkin(&self, key: (usize, String), sender: Sender, conn: Conn) {
         let mut idle = self.inner.idle.lock().unwrap_or_else(|e| e.into_inner());
         let list = idle.entry(key).or_default();
         if list.len() < MAX_IDLE_PER_ORIGIN {
@@ -154,7 +169,7 @@ impl HttpClient {
     /// Sends a request and returns the answer's head; its body is read from the returned
     /// stream, which also drives the connection.
     pub async fn send(&self, req: Request<Bytes>) -> Result<Response<Driven>, SendError> {
-        let key = origin(req.uri());
+        let key = pool_key(req.uri());
         if let Some((sender, conn)) = self.checkout(&key) {
             let again = copy(&req);
             match self.exchange(key.clone(), sender, conn, req).await {
@@ -174,7 +189,7 @@ impl HttpClient {
 
     async fn exchange(
         &self,
-        key: String,
+        key: (usize, String),
         mut sender: Sender,
         mut conn: Conn,
         req: Request<Bytes>,
@@ -250,7 +265,7 @@ pub struct Driven {
     /// `None` once the connection has ended (or been returned).
     conn: Option<(Sender, Conn)>,
     pool: HttpClient,
-    key: String,
+    key: (usize, String),
 }
 
 impl Driven {
