@@ -22,10 +22,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use axum::Json;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
@@ -65,6 +66,8 @@ impl Default for MockOptions {
 #[derive(Default)]
 struct Stats {
     requests: AtomicU64,
+    /// Client addresses seen: how many connections the callers opened.
+    peers: Mutex<std::collections::HashSet<SocketAddr>>,
     streams_completed: AtomicU64,
     streams_cancelled: AtomicU64,
     in_flight: AtomicU64,
@@ -126,10 +129,16 @@ pub fn router(options: MockOptions) -> axum::Router {
         stats: Stats::default(),
         per_key: Mutex::default(),
     });
-    let openai =
-        post(|s: State<Arc<Mock>>, h: HeaderMap, b: Bytes| respond(s, Dialect::OpenAi, h, b));
-    let anthropic =
-        post(|s: State<Arc<Mock>>, h: HeaderMap, b: Bytes| respond(s, Dialect::Anthropic, h, b));
+    let openai = post(
+        |s: State<Arc<Mock>>, c: ConnectInfo<SocketAddr>, h: HeaderMap, b: Bytes| {
+            respond(s, c, Dialect::OpenAi, h, b)
+        },
+    );
+    let anthropic = post(
+        |s: State<Arc<Mock>>, c: ConnectInfo<SocketAddr>, h: HeaderMap, b: Bytes| {
+            respond(s, c, Dialect::Anthropic, h, b)
+        },
+    );
     let mut app = axum::Router::new();
     if only != Some(Dialect::Anthropic) {
         app = app
@@ -154,7 +163,11 @@ pub fn router(options: MockOptions) -> axum::Router {
 
 /// Serves the mock on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, options: MockOptions) -> std::io::Result<()> {
-    axum::serve(crate::app::with_nodelay(listener), router(options)).await
+    let app = router(options).into_make_service_with_connect_info::<SocketAddr>();
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(listener, app).await
 }
 
 /// Starts the mock on a free loopback port in the background; returns its address.
@@ -213,6 +226,7 @@ async fn stats(State(m): State<Arc<Mock>>) -> Json<Value> {
     let last = m.stats.last.lock().map(|l| l.clone()).unwrap_or_default();
     Json(json!({
         "requests": m.stats.requests.load(Ordering::Relaxed),
+        "connections": m.stats.peers.lock().map(|p| p.len()).unwrap_or(0),
         "streams_completed": m.stats.streams_completed.load(Ordering::Relaxed),
         "streams_cancelled": m.stats.streams_cancelled.load(Ordering::Relaxed),
         "in_flight": m.stats.in_flight.load(Ordering::Relaxed),
@@ -255,11 +269,15 @@ fn error_response(dialect: Dialect, status: u16, code: &str, id: &str) -> Respon
 
 async fn respond(
     State(m): State<Arc<Mock>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     dialect: Dialect,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     m.stats.requests.fetch_add(1, Ordering::Relaxed);
+    if let Ok(mut peers) = m.stats.peers.lock() {
+        peers.insert(peer);
+    }
     let key = {
         let auth = header_str(&headers, header::AUTHORIZATION);
         let x_api_key = header_str(&headers, "x-api-key");

@@ -8,7 +8,7 @@
 //! answer ends, the connection goes back to the pool; when the reader drops it early (the
 //! client went away), the connection closes, which cancels the upstream request.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -45,7 +45,7 @@ struct Idle {
 struct Inner {
     connector: HttpsConnector<HttpConnector>,
     /// Idle connections by serving thread and origin (`scheme://authority`).
-    idle: Mutex<HashMap<(usize, String), Vec<Idle>>>,
+    idle: Mutex<HashMap<(usize, String), VecDeque<Idle>>>,
 }
 
 thread_local! {
@@ -128,7 +128,7 @@ impl HttpClient {
         let mut idle = self.inner.idle.lock().unwrap_or_else(|e| e.into_inner());
         let list = idle.get_mut(key)?;
         let mut noop = Context::from_waker(std::task::Waker::noop());
-        while let Some(mut c) = list.pop() {
+        while let Some(mut c) = list.pop_back() {
             if c.since.elapsed() > IDLE_TIMEOUT || !c.sender.is_ready() {
                 continue;
             }
@@ -143,8 +143,16 @@ impl HttpClient {
     fn checkin(&self, key: (usize, String), sender: Sender, conn: Conn) {
         let mut idle = self.inner.idle.lock().unwrap_or_else(|e| e.into_inner());
         let list = idle.entry(key).or_default();
+        // The most recently used are taken first, so the oldest sit at the front: expired
+        // ones are closed here rather than kept until the list is drained.
+        while list
+            .front()
+            .is_some_and(|c| c.since.elapsed() > IDLE_TIMEOUT)
+        {
+            list.pop_front();
+        }
         if list.len() < MAX_IDLE_PER_ORIGIN {
-            list.push(Idle {
+            list.push_back(Idle {
                 sender,
                 conn,
                 since: Instant::now(),

@@ -200,3 +200,47 @@ async fn ready_is_503_without_upstream_keys() {
     let body: Value = resp.json().await.expect("json");
     assert_eq!(body["type"], "error");
 }
+
+#[tokio::test]
+async fn upstream_connections_are_kept_alive_and_reused() {
+    // One serving thread: connections are pooled per thread.
+    let env = start(Opts {
+        tweak: |raw| raw.server.workers = 1,
+        ..Opts::default()
+    })
+    .await;
+    for i in 0..12 {
+        let stream = i % 2 == 1;
+        let (path, body) = if i % 4 < 2 {
+            (
+                "/v1/chat/completions",
+                format!(
+                    r#"{{"model":"glm-4.7","stream":{stream},"messages":[{{"role":"user","content":"Hi"}}]}}"#
+                ),
+            )
+        } else {
+            (
+                "/v1/messages",
+                format!(
+                    r#"{{"model":"glm-4.7","max_tokens":64,"stream":{stream},"messages":[{{"role":"user","content":"Hi"}}]}}"#
+                ),
+            )
+        };
+        let resp = env
+            .http
+            .post(env.url(path))
+            .bearer_auth(&env.key)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(resp.status(), 200, "request {i}");
+        let text = resp.text().await.expect("whole body");
+        assert!(!text.is_empty(), "request {i}");
+    }
+    let stats = env.mock_stats().await;
+    assert_eq!(stats["requests"], 12);
+    // Every answer, streamed or whole, of either API, handed its connection back.
+    assert_eq!(stats["connections"], 1, "{stats}");
+}
