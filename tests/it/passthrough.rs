@@ -211,30 +211,11 @@ async fn upstream_connections_are_kept_alive_and_reused() {
     .await;
     for i in 0..12 {
         let stream = i % 2 == 1;
-        let (path, body) = if i % 4 < 2 {
-            (
-                "/v1/chat/completions",
-                format!(
-                    r#"{{"model":"glm-4.7","stream":{stream},"messages":[{{"role":"user","content":"Hi"}}]}}"#
-                ),
-            )
+        let resp = if i % 4 < 2 {
+            env.openai(&openai_body(stream)).await
         } else {
-            (
-                "/v1/messages",
-                format!(
-                    r#"{{"model":"glm-4.7","max_tokens":64,"stream":{stream},"messages":[{{"role":"user","content":"Hi"}}]}}"#
-                ),
-            )
+            env.anthropic(&anthropic_body(stream)).await
         };
-        let resp = env
-            .http
-            .post(env.url(path))
-            .bearer_auth(&env.key)
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .expect("sent");
         assert_eq!(resp.status(), 200, "request {i}");
         let text = resp.text().await.expect("whole body");
         assert!(!text.is_empty(), "request {i}");
