@@ -15,13 +15,14 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use axum::http::uri::{Authority, Scheme};
 use axum::http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 use http_body_util::Full;
 use hyper::body::Body as _;
 use hyper::body::Incoming;
-use hyper::client::conn::http1;
+use hyper::client::conn::{http1, TrySendError};
 use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
@@ -44,8 +45,8 @@ struct Idle {
 
 struct Inner {
     connector: HttpsConnector<HttpConnector>,
-    /// Idle connections by serving thread and origin (`scheme://authority`).
-    idle: Mutex<HashMap<(usize, String), VecDeque<Idle>>>,
+    /// Idle connections by serving thread and origin.
+    idle: Mutex<HashMap<PoolKey, VecDeque<Idle>>>,
 }
 
 thread_local! {
@@ -59,8 +60,16 @@ pub fn set_worker(i: usize) {
     WORKER.with(|w| w.set(i));
 }
 
-fn pool_key(uri: &Uri) -> (usize, String) {
-    (WORKER.with(|w| w.get()), origin(uri))
+/// Where idle connections are kept: serving thread, scheme and authority (no allocation:
+/// both parts are reference-counted).
+type PoolKey = (usize, Option<Scheme>, Option<Authority>);
+
+fn pool_key(uri: &Uri) -> PoolKey {
+    (
+        WORKER.with(|w| w.get()),
+        uri.scheme().cloned(),
+        uri.authority().cloned(),
+    )
 }
 
 #[derive(Clone)]
@@ -84,14 +93,6 @@ pub fn describe(e: &SendError, uri: &Uri) -> String {
         SendError::Http(_) => "error talking to",
     };
     format!("{kind} {host}")
-}
-
-fn origin(uri: &Uri) -> String {
-    format!(
-        "{}://{}",
-        uri.scheme_str().unwrap_or("http"),
-        uri.authority().map_or("", |a| a.as_str())
-    )
 }
 
 impl HttpClient {
@@ -124,7 +125,7 @@ impl HttpClient {
     }
 
     /// A live idle connection to the request's origin, if the pool has one.
-    fn checkout(&self, key: &(usize, String)) -> Option<(Sender, Conn)> {
+    fn checkout(&self, key: &PoolKey) -> Option<(Sender, Conn)> {
         let mut idle = self.inner.idle.lock().unwrap_or_else(|e| e.into_inner());
         let list = idle.get_mut(key)?;
         let mut noop = Context::from_waker(std::task::Waker::noop());
@@ -140,7 +141,7 @@ impl HttpClient {
         None
     }
 
-    fn checkin(&self, key: (usize, String), sender: Sender, conn: Conn) {
+    fn checkin(&self, key: PoolKey, sender: Sender, conn: Conn) {
         let mut idle = self.inner.idle.lock().unwrap_or_else(|e| e.into_inner());
         let list = idle.entry(key).or_default();
         // The most recently used are taken first, so the oldest sit at the front: expired
@@ -178,54 +179,51 @@ impl HttpClient {
     /// stream, which also drives the connection.
     pub async fn send(&self, req: Request<Bytes>) -> Result<Response<Driven>, SendError> {
         let key = pool_key(req.uri());
-        if let Some((sender, conn)) = self.checkout(&key) {
-            let again = copy(&req);
-            match self.exchange(key.clone(), sender, conn, req).await {
+        let mut req = req.map(Full::new);
+        if let Some(conn) = self.checkout(&key) {
+            match self.exchange(key.clone(), conn, req).await {
                 Ok(resp) => return Ok(resp),
-                // The upstream closed a kept-alive connection as it was reused: nothing
-                // was answered, so the request goes again on a new connection.
-                Err(SendError::Http(e)) if e.is_canceled() || e.is_incomplete_message() => {
-                    let (sender, conn) = self.connect(again.uri()).await?;
-                    return self.exchange(key, sender, conn, again).await;
-                }
-                Err(e) => return Err(e),
+                // A kept-alive connection the upstream had closed: the request was never
+                // written, hyper hands it back, and it goes again on a new connection.
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) => req = unsent,
+                    None => return Err(SendError::Http(e.into_error())),
+                },
             }
         }
-        let (sender, conn) = self.connect(req.uri()).await?;
-        self.exchange(key, sender, conn, req).await
+        let conn = self.connect(req.uri()).await?;
+        self.exchange(key, conn, req)
+            .await
+            .map_err(|e| SendError::Http(e.into_error()))
     }
 
     async fn exchange(
         &self,
-        key: (usize, String),
-        mut sender: Sender,
-        mut conn: Conn,
-        req: Request<Bytes>,
-    ) -> Result<Response<Driven>, SendError> {
-        let mut answer = std::pin::pin!(sender.send_request(req.map(Full::new)));
+        key: PoolKey,
+        (mut sender, mut conn): (Sender, Conn),
+        req: Request<Full<Bytes>>,
+    ) -> Result<Response<Driven>, TrySendError<Request<Full<Bytes>>>> {
+        let mut answer = std::pin::pin!(sender.try_send_request(req));
         let mut conn_done = false;
         let head = std::future::poll_fn(|cx| {
             if let Poll::Ready(r) = answer.as_mut().poll(cx) {
                 return Poll::Ready(r);
             }
-            if !conn_done {
-                if let Poll::Ready(r) = Pin::new(&mut conn).poll(cx) {
-                    conn_done = true;
-                    r?;
-                    // The connection ended first: the answer future now reports why.
-                    return answer.as_mut().poll(cx);
-                }
+            if !conn_done && Pin::new(&mut conn).poll(cx).is_ready() {
+                // The connection ended first: the answer now reports why (and hands the
+                // request back if it was never written).
+                conn_done = true;
+                return answer.as_mut().poll(cx);
             }
             Poll::Pending
         })
-        .await
-        .map_err(SendError::Http)?;
+        .await?;
         let (parts, body) = head.into_parts();
         let driven = Driven {
             body,
             conn: (!conn_done).then_some((sender, conn)),
             pool: self.clone(),
-            key,
+            key: Some(key),
         };
         Ok(Response::from_parts(parts, driven))
     }
@@ -258,14 +256,6 @@ impl HttpClient {
     }
 }
 
-fn copy(req: &Request<Bytes>) -> Request<Bytes> {
-    let mut again = Request::new(req.body().clone());
-    *again.method_mut() = req.method().clone();
-    *again.uri_mut() = req.uri().clone();
-    *again.headers_mut() = req.headers().clone();
-    again
-}
-
 /// An answer's body that drives its connection while it is read, and returns the
 /// connection to the pool when it ends.
 pub struct Driven {
@@ -273,11 +263,14 @@ pub struct Driven {
     /// `None` once the connection has ended (or been returned).
     conn: Option<(Sender, Conn)>,
     pool: HttpClient,
-    key: (usize, String),
+    key: Option<PoolKey>,
 }
 
 impl Driven {
+    /// The next data frame: from the body if it has one, else after letting the connection
+    /// decode what it has already read (once per call; it wakes this task when it has more).
     fn next_data(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, hyper::Error>>> {
+        let mut drove = false;
         loop {
             match Pin::new(&mut self.body).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
@@ -289,31 +282,21 @@ impl Driven {
                     return Poll::Ready(Some(Err(e)));
                 }
                 Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending if drove => return Poll::Pending,
                 Poll::Pending => {}
             }
             let Some((_, conn)) = self.conn.as_mut() else {
                 return Poll::Pending;
             };
             match Pin::new(conn).poll(cx) {
-                // The connection decoded more (or ended): look at the body again.
+                Poll::Pending => drove = true,
+                // The connection ended: the body now holds its end (or its error).
                 Poll::Ready(r) => {
                     self.conn = None;
                     if let Err(e) = r {
                         return Poll::Ready(Some(Err(e)));
                     }
                 }
-                Poll::Pending => match Pin::new(&mut self.body).poll_frame(cx) {
-                    Poll::Pending => return Poll::Pending,
-                    Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                        Ok(data) => return Poll::Ready(Some(Ok(data))),
-                        Err(_trailers) => continue,
-                    },
-                    Poll::Ready(Some(Err(e))) => {
-                        self.conn = None;
-                        return Poll::Ready(Some(Err(e)));
-                    }
-                    Poll::Ready(None) => return Poll::Ready(None),
-                },
             }
         }
     }
@@ -325,8 +308,9 @@ impl Driven {
             return;
         };
         if Pin::new(&mut conn).poll(cx).is_pending() && sender.is_ready() {
-            self.pool
-                .checkin(std::mem::take(&mut self.key), sender, conn);
+            if let Some(key) = self.key.take() {
+                self.pool.checkin(key, sender, conn);
+            }
         }
     }
 }
