@@ -330,11 +330,6 @@ impl Stream for Driven {
     }
 }
 
-/// The value of an `Authorization: Bearer` header, marked sensitive so it is never logged.
-pub fn bearer(secret: &str) -> HeaderValue {
-    secret_value(&format!("Bearer {secret}"))
-}
-
 /// A header value holding a secret, marked sensitive. Config validation refuses keys that
 /// are not valid header values; one that slipped through becomes an empty value.
 pub fn secret_value(s: &str) -> HeaderValue {

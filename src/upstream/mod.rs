@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 
 use client::HttpClient;
 
-use crate::config::{AnthropicAuth, Policy, UpstreamSettings};
+use crate::config::{Policy, UpstreamSettings};
 use crate::error::{ApiError, Dialect};
 use classify::{Class, Failure};
 use pool::{LimitUpdate, Permit, Pool, Select, Target, Waiters};
@@ -149,12 +149,7 @@ impl Upstream {
             HeaderValue::from_static("application/json"),
         );
         anthropic_headers(h, client_headers);
-        set_auth(
-            h,
-            Dialect::Anthropic,
-            provider.anthropic_auth,
-            key.secret.expose(),
-        );
+        key.authorize(h, Dialect::Anthropic, provider.anthropic_auth);
         match self.client.fetch(req, Duration::from_secs(30)).await {
             Ok((status, body)) if status.is_success() => Some(body),
             Ok((status, _)) => {
@@ -499,12 +494,9 @@ fn build(
     if dialect == Dialect::Anthropic {
         anthropic_headers(h, client_headers);
     }
-    set_auth(
-        h,
-        dialect,
-        target.provider.anthropic_auth,
-        target.key.secret.expose(),
-    );
+    target
+        .key
+        .authorize(h, dialect, target.provider.anthropic_auth);
     req
 }
 
@@ -520,18 +512,6 @@ fn anthropic_headers(h: &mut HeaderMap, client_headers: &HeaderMap) {
             "anthropic-version",
             HeaderValue::from_static(DEFAULT_ANTHROPIC_VERSION),
         );
-    }
-}
-
-/// The key: a bearer token on the OpenAI API; on the Anthropic API as the provider wants it.
-fn set_auth(h: &mut HeaderMap, dialect: Dialect, auth: AnthropicAuth, key: &str) {
-    match (dialect, auth) {
-        (Dialect::Anthropic, AnthropicAuth::XApiKey) => {
-            h.insert("x-api-key", client::secret_value(key));
-        }
-        _ => {
-            h.insert(header::AUTHORIZATION, client::bearer(key));
-        }
     }
 }
 

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use axum::http::Uri;
+use axum::http::{header, HeaderMap, HeaderValue, Uri};
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -50,6 +50,39 @@ impl Provider {
 pub struct Key {
     pub label: Arc<str>,
     pub secret: Secret,
+    /// `Bearer <secret>` and the bare secret as header values, built once (not on every
+    /// request) and marked sensitive.
+    bearer: HeaderValue,
+    bare: HeaderValue,
+}
+
+impl Key {
+    pub fn new(label: Arc<str>, secret: Secret) -> Key {
+        Key {
+            bearer: super::client::secret_value(&format!("Bearer {}", secret.expose())),
+            bare: super::client::secret_value(secret.expose()),
+            label,
+            secret,
+        }
+    }
+
+    /// `Authorization: Bearer <secret>`.
+    pub fn bearer(&self) -> HeaderValue {
+        self.bearer.clone()
+    }
+
+    /// Puts the key on an upstream request: a bearer token on the OpenAI API; on the
+    /// Anthropic API as the provider wants it.
+    pub fn authorize(&self, h: &mut HeaderMap, dialect: Dialect, auth: AnthropicAuth) {
+        match (dialect, auth) {
+            (Dialect::Anthropic, AnthropicAuth::XApiKey) => {
+                h.insert("x-api-key", self.bare.clone());
+            }
+            _ => {
+                h.insert(header::AUTHORIZATION, self.bearer.clone());
+            }
+        }
+    }
 }
 
 struct Account {
@@ -336,12 +369,7 @@ impl Pool {
                 let keys: Vec<Arc<Key>> = a
                     .keys
                     .iter()
-                    .map(|s| {
-                        Arc::new(Key {
-                            label: key_label(&id, s),
-                            secret: s.clone(),
-                        })
-                    })
+                    .map(|s| Arc::new(Key::new(key_label(&id, s), s.clone())))
                     .collect();
                 let state = match old.remove(id.as_ref()) {
                     Some(s) => s.clone(),

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use super::client::{bearer, HttpClient};
+use super::client::HttpClient;
 use super::pool::{Provider, QuotaReading};
 use super::Upstream;
 
@@ -43,7 +43,7 @@ async fn poll_once(upstream: &Upstream) {
         };
         let mut req = HttpClient::request(Method::GET, &uri, Bytes::new());
         req.headers_mut()
-            .insert(header::AUTHORIZATION, bearer(key.secret.expose()));
+            .insert(header::AUTHORIZATION, key.bearer());
         let body = match upstream.client().fetch(req, Duration::from_secs(10)).await {
             Ok((status, body)) if status.is_success() => Some(body),
             Ok((status, _)) => {
