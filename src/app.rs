@@ -161,6 +161,7 @@ pub async fn serve(
     crate::upstream::quota::spawn(state.upstream.clone());
     let all_finished = futures_util::future::join_all(finished);
     tokio::pin!(all_finished);
+    let mut failed = false;
     tokio::select! {
         _ = shutdown => {
             tracing::info!("shutting down: no new connections; waiting for in-flight requests");
@@ -169,7 +170,7 @@ pub async fn serve(
                 tracing::warn!(grace_secs = grace.as_secs(), "grace period over; closing remaining connections");
             }
         }
-        _ = &mut all_finished => tracing::error!("every serving thread stopped"),
+        _ = &mut all_finished => failed = true,
     }
     recorder.shutdown().await;
     // Learned limits are also saved as they change; this makes a clean stop certain.
@@ -184,6 +185,10 @@ pub async fn serve(
         }
     }
     state.store.close().await;
+    if failed {
+        // Usage and learned limits are saved above; the process exits with an error.
+        anyhow::bail!("every serving thread stopped (see the errors above)");
+    }
     tracing::info!("stopped");
     Ok(())
 }
