@@ -266,9 +266,11 @@ async fn reload_under_load_loses_no_request_and_bad_configs_are_refused() {
 
 #[tokio::test]
 async fn learned_limits_survive_a_restart() {
+    // Two distinct keys (the mock counts slots per key string; the second item only
+    // affects the quota monitor, which is off here).
     let rest = two_accounts(
         r#"keys = ["fault-concurrency=2"]"#,
-        r#"keys = ["fault-concurrency=2"]"#,
+        r#"keys = ["fault-concurrency=2,quota-used=10"]"#,
     );
     let (mut env, path) = start_file(
         MockOptions {
