@@ -14,6 +14,7 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::error::Dialect;
+use crate::sse::LineReader;
 
 /// Largest non-stream body the meter keeps for parsing usage; bigger bodies still pass
 /// through, and their usage is estimated.
@@ -295,9 +296,13 @@ impl SseMeter {
 
     fn feed(&mut self, chunk: &[u8]) {
         self.out.bytes += chunk.len() as u64;
-        let mut lines = std::mem::take(&mut self.lines);
-        lines.feed(chunk, |line| self.line(line));
-        self.lines = lines;
+        self.read_lines(chunk);
+    }
+}
+
+impl LineReader for SseMeter {
+    fn lines(&mut self) -> &mut crate::sse::Lines {
+        &mut self.lines
     }
 
     fn line(&mut self, line: &[u8]) {
@@ -345,7 +350,9 @@ impl SseMeter {
             },
         }
     }
+}
 
+impl SseMeter {
     fn finish(&mut self) -> Metered {
         // An unterminated last line counts only if it is whole (a cut stream leaves half
         // an event behind, which is not an event).

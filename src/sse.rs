@@ -34,6 +34,21 @@ impl Lines {
     }
 }
 
+/// Something that reads an SSE body line by line (the meter, the translators, the reasoning
+/// filter): it keeps a [`Lines`] and says what to do with each line.
+pub trait LineReader {
+    fn lines(&mut self) -> &mut Lines;
+    fn line(&mut self, line: &[u8]);
+
+    /// Hands each line completed by `chunk` to [`LineReader::line`].
+    fn read_lines(&mut self, chunk: &[u8]) {
+        // The splitter is taken out for the call, so `line` may borrow all of `self`.
+        let mut lines = std::mem::take(self.lines());
+        lines.feed(chunk, |l| self.line(l));
+        *self.lines() = lines;
+    }
+}
+
 fn trim_cr(line: &[u8]) -> &[u8] {
     line.strip_suffix(b"\r").unwrap_or(line)
 }

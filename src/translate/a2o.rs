@@ -10,6 +10,7 @@ use sha2::{Digest, Sha256};
 
 use super::ResponseTranslator;
 use crate::error::ApiError;
+use crate::sse::LineReader;
 
 /// OpenAI and GLM accept tool names up to this length.
 const MAX_TOOL_NAME: usize = 64;
@@ -596,23 +597,26 @@ impl StreamTranslator {
     }
 }
 
+impl LineReader for StreamTranslator {
+    fn lines(&mut self) -> &mut crate::sse::Lines {
+        &mut self.lines
+    }
+
+    fn line(&mut self, line: &[u8]) {
+        let Some(data) = crate::sse::data(line).filter(|_| !self.done) else {
+            return;
+        };
+        if data == b"[DONE]" {
+            self.end();
+        } else if let Ok(v) = serde_json::from_slice::<Value>(data) {
+            self.on_chunk(&v);
+        }
+    }
+}
+
 impl ResponseTranslator for StreamTranslator {
     fn feed(&mut self, chunk: &[u8]) -> Bytes {
-        let mut lines = std::mem::take(&mut self.lines);
-        lines.feed(chunk, |line| {
-            let Some(data) = crate::sse::data(line) else {
-                return;
-            };
-            if self.done {
-                return;
-            }
-            if data == b"[DONE]" {
-                self.end();
-            } else if let Ok(v) = serde_json::from_slice::<Value>(data) {
-                self.on_chunk(&v);
-            }
-        });
-        self.lines = lines;
+        self.read_lines(chunk);
         self.out.split().freeze()
     }
 

@@ -7,6 +7,7 @@ use serde_json::{json, Map, Value};
 
 use super::ResponseTranslator;
 use crate::error::ApiError;
+use crate::sse::LineReader;
 
 /// Anthropic requires `max_tokens`; OpenAI clients often leave it out.
 pub const DEFAULT_MAX_TOKENS: u64 = 4096;
@@ -499,21 +500,24 @@ impl StreamTranslator {
     }
 }
 
+impl LineReader for StreamTranslator {
+    fn lines(&mut self) -> &mut crate::sse::Lines {
+        &mut self.lines
+    }
+
+    fn line(&mut self, line: &[u8]) {
+        let Some(data) = crate::sse::data(line).filter(|_| !self.done) else {
+            return;
+        };
+        if let Ok(v) = serde_json::from_slice::<Value>(data) {
+            self.on_event(&v);
+        }
+    }
+}
+
 impl ResponseTranslator for StreamTranslator {
     fn feed(&mut self, chunk: &[u8]) -> Bytes {
-        let mut lines = std::mem::take(&mut self.lines);
-        lines.feed(chunk, |line| {
-            let Some(data) = crate::sse::data(line) else {
-                return;
-            };
-            if self.done {
-                return;
-            }
-            if let Ok(v) = serde_json::from_slice::<Value>(data) {
-                self.on_event(&v);
-            }
-        });
-        self.lines = lines;
+        self.read_lines(chunk);
         self.out.split().freeze()
     }
 

@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 
 use super::ResponseTranslator;
 use crate::error::Dialect;
+use crate::sse::LineReader;
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -169,11 +170,11 @@ impl ReasoningFilter {
         }
         self.emit_data(Some(&kind), &v);
     }
+}
 
-    fn filter(&mut self, bytes: &[u8]) {
-        let mut lines = std::mem::take(&mut self.lines);
-        lines.feed(bytes, |line| self.line(line));
-        self.lines = lines;
+impl LineReader for ReasoningFilter {
+    fn lines(&mut self) -> &mut crate::sse::Lines {
+        &mut self.lines
     }
 
     /// `event:` lines are re-emitted with their data; blank lines end events.
@@ -243,14 +244,14 @@ impl ResponseTranslator for ReasoningFilter {
             Some(t) => t.feed(chunk),
             None => Bytes::copy_from_slice(chunk),
         };
-        self.filter(&bytes);
+        self.read_lines(&bytes);
         self.out.split().freeze()
     }
 
     fn finish(&mut self) -> Bytes {
         if let Some(t) = self.inner.as_mut() {
             let tail = t.finish();
-            self.filter(&tail);
+            self.read_lines(&tail);
         }
         self.out.split().freeze()
     }
