@@ -338,15 +338,11 @@ pub fn response(body: &[u8], ctx: &Context) -> Option<Value> {
         .into_iter()
         .flatten()
     {
-        let args = call
-            .pointer("/function/arguments")
-            .and_then(Value::as_str)
-            .unwrap_or("{}");
         content.push(json!({
             "type": "tool_use",
             "id": call.get("id").cloned().unwrap_or_else(|| json!(format!("toolu_{:016x}", rand::random::<u64>()))),
             "name": ctx.tool_name(call.pointer("/function/name").and_then(Value::as_str).unwrap_or_default()),
-            "input": serde_json::from_str::<Value>(args).unwrap_or_else(|_| json!({})),
+            "input": super::tool_call_input(call),
         }));
     }
     Some(json!({

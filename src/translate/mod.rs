@@ -42,6 +42,15 @@ pub trait ResponseTranslator: Send {
     fn finish(&mut self) -> Bytes;
 }
 
+/// An OpenAI tool call's `arguments` (a JSON string) as an Anthropic `tool_use` input
+/// object; arguments that are missing or not JSON become `{}`.
+pub(crate) fn tool_call_input(call: &serde_json::Value) -> serde_json::Value {
+    call.pointer("/function/arguments")
+        .and_then(serde_json::Value::as_str)
+        .and_then(|args| serde_json::from_str(args).ok())
+        .unwrap_or_else(|| serde_json::json!({}))
+}
+
 /// One request's translation: what its answer needs to be turned back.
 pub enum Translation {
     A2O(a2o::Context),

@@ -135,15 +135,11 @@ pub fn request(body: &[u8]) -> Result<(Bytes, Context), ApiError> {
                     .into_iter()
                     .flatten()
                 {
-                    let args = call
-                        .pointer("/function/arguments")
-                        .and_then(Value::as_str)
-                        .unwrap_or("{}");
                     blocks.push(json!({
                         "type": "tool_use",
                         "id": call.get("id").cloned().unwrap_or(Value::Null),
                         "name": call.pointer("/function/name").cloned().unwrap_or(Value::Null),
-                        "input": serde_json::from_str::<Value>(args).unwrap_or_else(|_| json!({})),
+                        "input": super::tool_call_input(call),
                     }));
                 }
                 push_turn(&mut turns, "assistant", blocks);
