@@ -201,6 +201,12 @@ impl Upstream {
         // What the client gets if no further attempt can be made.
         let mut last: Option<Result<Opened, ApiError>> = None;
         let mut attempt = 0u32;
+        // Concurrency refusals (1302): the upstream took nothing and the lowered adaptive
+        // limit paces the next try, so up to `max_attempts` of them come on top of the
+        // attempts allowed: a burst above an account's real limit is absorbed, and an
+        // upstream that refuses everything still ends the request after twice that many
+        // short tries.
+        let mut refused = 0u32;
         // Backoff owed before trying a key this request has already tried.
         let mut owed = Duration::ZERO;
         loop {
@@ -261,9 +267,12 @@ impl Upstream {
                             a
                         })
                         .ok_or(error);
+                    if failure.class == Class::Concurrency {
+                        refused += 1;
+                    }
                     if !failure.class.retryable()
                         || timed_out
-                        || attempt >= p.max_attempts
+                        || attempt - refused.min(p.max_attempts) >= p.max_attempts
                         || now >= budget_end
                     {
                         return outcome;
