@@ -8,7 +8,7 @@
 //! answer ends, the connection goes back to the pool; when the reader drops it early (the
 //! client went away), the connection closes, which cancels the upstream request.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -37,16 +37,32 @@ type Io = MaybeHttpsStream<TokioIo<tokio::net::TcpStream>>;
 type Conn = http1::Connection<Io, Full<Bytes>>;
 type Sender = http1::SendRequest<Full<Bytes>>;
 
-struct Idle {
+/// One upstream connection: its request handle and the connection state machine. Kept
+/// boxed: the state machine is large (over 1.5 KB), and a connection moves from the pool to
+/// the request, into the answer's body and back, which would copy it each time.
+struct Link {
     sender: Sender,
     conn: Conn,
+}
+
+impl Link {
+    /// Lets the connection make progress; ready once it has ended.
+    fn poll_conn(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), hyper::Error>> {
+        Pin::new(&mut self.conn).poll(cx)
+    }
+}
+
+struct Idle {
+    link: Box<Link>,
     since: Instant,
 }
 
 struct Inner {
     connector: HttpsConnector<HttpConnector>,
-    /// Idle connections by serving thread and origin.
-    idle: Mutex<HashMap<PoolKey, VecDeque<Idle>>>,
+    /// Idle connections by serving thread and origin. A handful of entries (threads ×
+    /// upstream origins), so a scan with cheap comparisons beats hashing an authority
+    /// (which lowercases it byte by byte) twice per request.
+    idle: Mutex<Vec<(PoolKey, VecDeque<Idle>)>>,
 }
 
 thread_local! {
@@ -109,7 +125,7 @@ impl HttpClient {
         Ok(HttpClient {
             inner: Arc::new(Inner {
                 connector,
-                idle: Mutex::new(HashMap::new()),
+                idle: Mutex::new(Vec::new()),
             }),
         })
     }
@@ -125,25 +141,32 @@ impl HttpClient {
     }
 
     /// A live idle connection to the request's origin, if the pool has one.
-    fn checkout(&self, key: &PoolKey) -> Option<(Sender, Conn)> {
+    fn checkout(&self, key: &PoolKey) -> Option<Box<Link>> {
         let mut idle = self.inner.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let list = idle.get_mut(key)?;
+        let list = idle.iter_mut().find(|(k, _)| k == key).map(|(_, l)| l)?;
         let mut noop = Context::from_waker(std::task::Waker::noop());
         while let Some(mut c) = list.pop_back() {
-            if c.since.elapsed() > IDLE_TIMEOUT || !c.sender.is_ready() {
+            if c.since.elapsed() > IDLE_TIMEOUT || !c.link.sender.is_ready() {
                 continue;
             }
             // A connection the server closed while idle is finished; skip it.
-            if Pin::new(&mut c.conn).poll(&mut noop).is_pending() {
-                return Some((c.sender, c.conn));
+            if c.link.poll_conn(&mut noop).is_pending() {
+                return Some(c.link);
             }
         }
         None
     }
 
-    fn checkin(&self, key: PoolKey, sender: Sender, conn: Conn) {
+    fn checkin(&self, key: PoolKey, link: Box<Link>) {
         let mut idle = self.inner.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let list = idle.entry(key).or_default();
+        let i = match idle.iter().position(|(k, _)| *k == key) {
+            Some(i) => i,
+            None => {
+                idle.push((key, VecDeque::new()));
+                idle.len() - 1
+            }
+        };
+        let list = &mut idle[i].1;
         // The most recently used are taken first, so the oldest sit at the front: expired
         // ones are closed here rather than kept until the list is drained.
         while list
@@ -154,14 +177,13 @@ impl HttpClient {
         }
         if list.len() < MAX_IDLE_PER_ORIGIN {
             list.push_back(Idle {
-                sender,
-                conn,
+                link,
                 since: Instant::now(),
             });
         }
     }
 
-    async fn connect(&self, uri: &Uri) -> Result<(Sender, Conn), SendError> {
+    async fn connect(&self, uri: &Uri) -> Result<Box<Link>, SendError> {
         let io = self
             .inner
             .connector
@@ -169,10 +191,11 @@ impl HttpClient {
             .call(uri.clone())
             .await
             .map_err(|e| SendError::Connect(e.to_string()))?;
-        http1::Builder::new()
+        let (sender, conn) = http1::Builder::new()
             .handshake(io)
             .await
-            .map_err(SendError::Http)
+            .map_err(SendError::Http)?;
+        Ok(Box::new(Link { sender, conn }))
     }
 
     /// Sends a request and returns the answer's head; its body is read from the returned
@@ -191,8 +214,9 @@ impl HttpClient {
                 },
             }
         }
-        let conn = self.connect(req.uri()).await?;
-        self.exchange(key, conn, req)
+        // Boxed: a new connection is the uncommon path, and its future is large.
+        let link = Box::pin(self.connect(req.uri())).await?;
+        self.exchange(key, link, req)
             .await
             .map_err(|e| SendError::Http(e.into_error()))
     }
@@ -200,16 +224,16 @@ impl HttpClient {
     async fn exchange(
         &self,
         key: PoolKey,
-        (mut sender, mut conn): (Sender, Conn),
+        mut link: Box<Link>,
         req: Request<Full<Bytes>>,
     ) -> Result<Response<Driven>, TrySendError<Request<Full<Bytes>>>> {
-        let mut answer = std::pin::pin!(sender.try_send_request(req));
+        let mut answer = std::pin::pin!(link.sender.try_send_request(req));
         let mut conn_done = false;
         let head = std::future::poll_fn(|cx| {
             if let Poll::Ready(r) = answer.as_mut().poll(cx) {
                 return Poll::Ready(r);
             }
-            if !conn_done && Pin::new(&mut conn).poll(cx).is_ready() {
+            if !conn_done && link.poll_conn(cx).is_ready() {
                 // The connection ended first: the answer now reports why (and hands the
                 // request back if it was never written).
                 conn_done = true;
@@ -221,7 +245,7 @@ impl HttpClient {
         let (parts, body) = head.into_parts();
         let driven = Driven {
             body,
-            conn: (!conn_done).then_some((sender, conn)),
+            link: (!conn_done).then_some(link),
             pool: self.clone(),
             key: Some(key),
         };
@@ -261,7 +285,7 @@ impl HttpClient {
 pub struct Driven {
     body: Incoming,
     /// `None` once the connection has ended (or been returned).
-    conn: Option<(Sender, Conn)>,
+    link: Option<Box<Link>>,
     pool: HttpClient,
     key: Option<PoolKey>,
 }
@@ -278,21 +302,21 @@ impl Driven {
                     Err(_trailers) => continue,
                 },
                 Poll::Ready(Some(Err(e))) => {
-                    self.conn = None;
+                    self.link = None;
                     return Poll::Ready(Some(Err(e)));
                 }
                 Poll::Ready(None) => return Poll::Ready(None),
                 Poll::Pending if drove => return Poll::Pending,
                 Poll::Pending => {}
             }
-            let Some((_, conn)) = self.conn.as_mut() else {
+            let Some(link) = self.link.as_mut() else {
                 return Poll::Pending;
             };
-            match Pin::new(conn).poll(cx) {
+            match link.poll_conn(cx) {
                 Poll::Pending => drove = true,
                 // The connection ended: the body now holds its end (or its error).
                 Poll::Ready(r) => {
-                    self.conn = None;
+                    self.link = None;
                     if let Err(e) = r {
                         return Poll::Ready(Some(Err(e)));
                     }
@@ -304,12 +328,12 @@ impl Driven {
     /// The answer is complete: the connection goes back to the pool if it can take
     /// another request.
     fn release(&mut self, cx: &mut Context<'_>) {
-        let Some((sender, mut conn)) = self.conn.take() else {
+        let Some(mut link) = self.link.take() else {
             return;
         };
-        if Pin::new(&mut conn).poll(cx).is_pending() && sender.is_ready() {
+        if link.poll_conn(cx).is_pending() && link.sender.is_ready() {
             if let Some(key) = self.key.take() {
-                self.pool.checkin(key, sender, conn);
+                self.pool.checkin(key, link);
             }
         }
     }
