@@ -43,7 +43,7 @@ struct AnthropicHead<'a> {
 
 /// Reads the whole request body, refusing more than `limit` bytes.
 pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
         // `to_bytes` reports an over-long body through a boxed `LengthLimitError` source.
         let too_long = std::error::Error::source(&e)
             .map(|s| s.is::<http_body_util::LengthLimitError>())
@@ -53,8 +53,19 @@ pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
         } else {
             ApiError::bad_request(format!("could not read the request body: {e}"), None)
         }
+    })?;
+    // A body that came in one read is a slice of the connection's read buffer, and holding
+    // it (for retries, until the answer starts) would keep that whole buffer alive and make
+    // the connection allocate a new one. A small body is cheaper to copy.
+    Ok(if bytes.len() <= SMALL_BODY {
+        Bytes::copy_from_slice(&bytes)
+    } else {
+        bytes
     })
 }
+
+/// Bodies up to this size are copied out of the connection's read buffer (see `read_body`).
+const SMALL_BODY: usize = 16 * 1024;
 
 /// Validates the body for `dialect` and returns its routing head.
 pub fn parse_head(dialect: Dialect, body: &[u8]) -> Result<RequestHead, ApiError> {
@@ -107,6 +118,11 @@ fn decode<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
                 None,
             ))
         }
+    }
+    // The common case, a valid body, is read without tracking paths; a failed read is
+    // repeated with tracking, to name the field at fault.
+    if let Ok(value) = serde_json::from_slice(body) {
+        return Ok(value);
     }
     let mut de = serde_json::Deserializer::from_slice(body);
     let result: Result<T, _> = serde_path_to_error::deserialize(&mut de);
