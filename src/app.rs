@@ -7,7 +7,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::serve::ListenerExt;
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -223,28 +223,63 @@ impl Worker {
                     return;
                 }
             };
-            let stopped = async move {
-                let _ = stop.wait_for(|s| *s).await;
-            };
-            if let Err(e) = axum::serve(with_nodelay(listener), self.app)
-                .with_graceful_shutdown(stopped)
-                .await
-            {
-                tracing::error!(error = %e, worker = self.index, "serving thread failed");
-            }
+            accept_loop(listener, self.app, &mut stop).await;
         });
     }
 }
 
-/// Sets TCP_NODELAY on every accepted connection: without it, Nagle's algorithm holds a
-/// small write (an SSE event, the last chunk of a body) until the previous one is
-/// acknowledged, which with delayed ACKs costs up to 40 ms per event.
-pub fn with_nodelay(listener: TcpListener) -> impl axum::serve::Listener<Addr = SocketAddr> {
-    listener.tap_io(|tcp| {
+/// Accepts connections until `stop` turns true, serving each with hyper's HTTP/1.1
+/// connection on a task of this thread; then lets the open connections finish (each
+/// ends after its in-flight request; the caller bounds the wait).
+async fn accept_loop(
+    listener: TcpListener,
+    app: axum::Router,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let http = hyper::server::conn::http1::Builder::new();
+    loop {
+        let tcp = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => tcp,
+                Err(e) => {
+                    accept_failed(e).await;
+                    continue;
+                }
+            },
+            _ = stop.wait_for(|s| *s) => break,
+        };
+        // Without TCP_NODELAY, Nagle's algorithm holds a small write (an SSE event, the
+        // last chunk of a body) until the previous one is acknowledged: with delayed ACKs,
+        // up to 40 ms per event.
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
-    })
+        // The router is shared (reference-counted), not rebuilt per connection.
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let conn = graceful.watch(http.serve_connection(TokioIo::new(tcp), service));
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "client connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
+
+/// A failed accept: a connection reset before it was taken is nothing; anything else
+/// (out of file descriptors, say) is logged and retried after a pause, not in a busy loop.
+async fn accept_failed(e: std::io::Error) {
+    use std::io::ErrorKind::*;
+    if matches!(
+        e.kind(),
+        ConnectionAborted | ConnectionReset | ConnectionRefused
+    ) {
+        return;
+    }
+    tracing::error!(error = %e, "cannot accept a connection; retrying in 1 s");
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
 }
 
 /// A gateway running on a background task (tests, the demo).
@@ -279,7 +314,6 @@ pub async fn spawn(settings: Settings) -> anyhow::Result<Running> {
     })
 }
 
-/// Resolves on SIGTERM or Ctrl-C.
 /// Resolves on SIGTERM or Ctrl-C. The handlers are installed when this is called (not
 /// when the future is first polled), so a signal sent once the gateway says it is
 /// listening is never missed.
