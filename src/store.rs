@@ -8,6 +8,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
@@ -15,7 +16,7 @@ use serde::Serialize;
 use sqlx::error::BoxDynError;
 use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
+use sqlx::{Row, SqlitePool};
 
 use crate::accounting::UsageRecord;
 
@@ -206,30 +207,27 @@ impl Store {
             let size = statement_rows(rest.len());
             let (rows, tail) = rest.split_at(size);
             rest = tail;
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO usage_records (ts_ms, request_id, key_id, api, model, stream, status,
-                   outcome, input_tokens, output_tokens, cached_tokens, reasoning_tokens,
-                   estimated, latency_ms, ttfb_ms, upstream) ",
-            );
-            q.push_values(rows, |mut b, r| {
-                b.push_bind(r.ts_ms)
-                    .push_bind(&r.request_id)
-                    .push_bind(r.key_id)
-                    .push_bind(r.api)
-                    .push_bind(&r.model)
-                    .push_bind(r.stream)
-                    .push_bind(i64::from(r.status))
-                    .push_bind(r.outcome.as_str())
-                    .push_bind(r.usage.input_tokens as i64)
-                    .push_bind(r.usage.output_tokens as i64)
-                    .push_bind(r.usage.cached_tokens as i64)
-                    .push_bind(r.usage.reasoning_tokens as i64)
-                    .push_bind(r.estimated)
-                    .push_bind(r.latency_ms as i64)
-                    .push_bind(r.ttfb_ms.map(|v| v as i64))
-                    .push_bind(r.account.as_deref());
-            });
-            q.build().persistent(true).execute(&mut *tx).await?;
+            let mut q = sqlx::query(usage_insert_sql(size));
+            for r in rows {
+                q = q
+                    .bind(r.ts_ms)
+                    .bind(&r.request_id)
+                    .bind(r.key_id)
+                    .bind(r.api)
+                    .bind(&r.model)
+                    .bind(r.stream)
+                    .bind(i64::from(r.status))
+                    .bind(r.outcome.as_str())
+                    .bind(r.usage.input_tokens as i64)
+                    .bind(r.usage.output_tokens as i64)
+                    .bind(r.usage.cached_tokens as i64)
+                    .bind(r.usage.reasoning_tokens as i64)
+                    .bind(r.estimated)
+                    .bind(r.latency_ms as i64)
+                    .bind(r.ttfb_ms.map(|v| v as i64))
+                    .bind(r.account.as_deref());
+            }
+            q.persistent(true).execute(&mut *tx).await?;
         }
         tx.commit().await
     }
@@ -356,6 +354,22 @@ fn key_row(r: &sqlx::sqlite::SqliteRow) -> sqlx::Result<KeyRow> {
     })
 }
 
+/// The text of the usage INSERT for `rows` rows (a power of two up to 256), built once per
+/// size: formatting thousands of placeholders on every flush cost more than the insert.
+fn usage_insert_sql(rows: usize) -> &'static str {
+    const COLUMNS: usize = 16;
+    static SQL: [OnceLock<String>; 9] = [const { OnceLock::new() }; 9];
+    SQL[rows.ilog2() as usize].get_or_init(|| {
+        let row = format!("({})", vec!["?"; COLUMNS].join(", "));
+        format!(
+            "INSERT INTO usage_records (ts_ms, request_id, key_id, api, model, stream, status, \
+             outcome, input_tokens, output_tokens, cached_tokens, reasoning_tokens, estimated, \
+             latency_ms, ttfb_ms, upstream) VALUES {}",
+            vec![row; rows].join(", ")
+        )
+    })
+}
+
 /// Rows in the next usage INSERT for `left` rows still to write: the largest power of two
 /// not above `left`, at most 256 (16 bound values a row; SQLite allows 32,766 a statement).
 fn statement_rows(left: usize) -> usize {
@@ -379,6 +393,11 @@ mod tests {
         assert_eq!(statement_rows(255), 128);
         assert_eq!(statement_rows(256), 256);
         assert_eq!(statement_rows(10_000), 256);
+        for rows in [1, 2, 64, 256] {
+            let sql = usage_insert_sql(rows);
+            assert_eq!(sql.matches('?').count(), 16 * rows, "{rows} rows");
+            assert_eq!(sql.matches("), (").count(), rows - 1, "{rows} rows");
+        }
     }
 
     #[tokio::test]
