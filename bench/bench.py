@@ -3,6 +3,7 @@
 run, interleaved. Python standard library only; every process it starts is stopped by PID.
 
     bench/run [--quick] [--reps N] [--duration S]      the table (bench/results/)
+    bench/run --with-litellm                             the table, with LiteLLM proxy as a target
     bench/run --soak MINUTES                             RSS over a constant stream load
     bench/run --streams N                                N slow streams open at once
     bench/instructions                                   instructions per request (callgrind)
@@ -33,6 +34,9 @@ LOAD = os.path.join(RELEASE, "glmgate-load")
 RESULTS = os.path.join(ROOT, "bench", "results")
 TICKS = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
+LITELLM_VENV = os.path.join(ROOT, "bench", ".litellm")
+LITELLM_PIN = "litellm[proxy]==1.100.5"
+LITELLM_KEY = "sk-bench-litellm"
 
 
 def log(*a):
@@ -216,10 +220,41 @@ def mock_requests(port):
         return json.load(r)["requests"]
 
 
-class Rig:
-    """The mock, nginx and glmgate, started once for a run."""
+def ensure_litellm():
+    """A venv under bench/ with the pinned LiteLLM proxy; created once, reused after."""
+    stamp = os.path.join(LITELLM_VENV, ".pin")
+    if os.path.exists(stamp) and open(stamp).read() == LITELLM_PIN:
+        return
+    log(f"installing {LITELLM_PIN} into {LITELLM_VENV} (once)")
+    subprocess.run([sys.executable, "-m", "venv", LITELLM_VENV], check=True)
+    subprocess.run([os.path.join(LITELLM_VENV, "bin", "pip"), "install", "-q", LITELLM_PIN], check=True)
+    with open(stamp, "w") as f:
+        f.write(LITELLM_PIN)
 
-    def __init__(self, tmp, procs, mock_args=(), glmgate_prefix=()):
+
+def litellm_conf(tmp, mock_port):
+    """LiteLLM as users run it without a database: one model on the mock, a master key."""
+    path = os.path.join(tmp, "litellm.yaml")
+    with open(path, "w") as f:
+        f.write(f"""model_list:
+  - model_name: glm-4.7
+    litellm_params:
+      model: openai/glm-4.7
+      api_base: http://127.0.0.1:{mock_port}/api/coding/paas/v4
+      api_key: bench-upstream-key
+litellm_settings:
+  telemetry: false
+  drop_params: true
+general_settings:
+  master_key: {LITELLM_KEY}
+""")
+    return path
+
+
+class Rig:
+    """The mock, nginx and glmgate (and LiteLLM if asked), started once for a run."""
+
+    def __init__(self, tmp, procs, mock_args=(), glmgate_prefix=(), litellm=False):
         self.tmp, self.procs = tmp, procs
         self.mock_port, self.nginx_port, self.gg_port = free_port(), free_port(), free_port()
         self.mock = procs.start([GLMGATE, "mock", "--listen", f"127.0.0.1:{self.mock_port}", *mock_args],
@@ -242,12 +277,26 @@ class Rig:
             wait_port(port, deadline=120)
             self.gateways[kind] = (port, key, proc)
         self.key, self.gg = self.gateways["plain"][1], self.gateways["plain"][2]
+        self.litellm = None
+        if litellm:
+            # Two worker processes, as glmgate has two serving threads on this machine.
+            self.litellm_port = free_port()
+            self.litellm = procs.start(
+                [os.path.join(LITELLM_VENV, "bin", "litellm"), "--config", litellm_conf(tmp, self.mock_port),
+                 "--host", "127.0.0.1", "--port", str(self.litellm_port), "--num_workers", "2"],
+                os.path.join(tmp, "litellm.log"),
+                env={**os.environ, "LITELLM_LOG": "ERROR", "LITELLM_TELEMETRY": "False"})
+            wait_port(self.litellm_port, deadline=180)
 
     def target(self, name, api):
         """`translated` is glmgate in front of an upstream that speaks only the other format."""
         if name in ("direct", "nginx"):
             port, pid = (self.mock_port, None) if name == "direct" else (self.nginx_port, self.nginx.pid)
             key, gw = "bench-upstream-key", False
+        elif name == "litellm":
+            # LiteLLM serves the OpenAI API at /chat/completions under its own key.
+            return (f"http://127.0.0.1:{self.litellm_port}/chat/completions",
+                    [f"authorization: Bearer {LITELLM_KEY}", "content-type: application/json"], self.litellm.pid)
         else:
             kind = {"glmgate": "plain", "failover": "failover",
                     "translated": "anthropic-only" if api == "openai" else "openai-only"}[name]
@@ -322,9 +371,13 @@ def run_table(args):
     procs = Procs()
     tmp = tempfile.mkdtemp(prefix="glmgate-bench-")
     try:
-        rig = Rig(tmp, procs)
+        if args.with_litellm:
+            ensure_litellm()
+        rig = Rig(tmp, procs, litellm=args.with_litellm)
         time.sleep(1)
         idle = {"glmgate": rss_mb(rig.gg.pid), "nginx": rss_mb(rig.nginx.pid)}
+        if rig.litellm:
+            idle["litellm"] = rss_mb(rig.litellm.pid)
         concurrencies = [1, 64] if args.quick else [1, 16, 64, 256]
         if args.concurrency:
             concurrencies = [int(c) for c in args.concurrency.split(",")]
@@ -334,7 +387,8 @@ def run_table(args):
             # Extra rows: the same request through a pool with a dead account, and through
             # an upstream that speaks only the other format (translated both ways).
             targets = ["direct", "nginx", "glmgate"] + (["failover"] if scenario in FAILOVER_SCENARIOS else []) \
-                + (["translated"] if scenario in TRANSLATED_SCENARIOS else [])
+                + (["translated"] if scenario in TRANSLATED_SCENARIOS else []) \
+                + (["litellm"] if rig.litellm and SCENARIOS[scenario][0] == "openai" else [])
             for c in concurrencies:
                 reps = {t: [] for t in targets}
                 for rep in range(args.reps):
@@ -348,7 +402,8 @@ def run_table(args):
         open_loop = {}
         for t in ["direct", "nginx", "glmgate"]:
             open_loop[t] = measure(rig, t, "openai", 0, args.duration, rate=args.rate)
-        peak = {"glmgate": rss_mb(rig.gg.pid, "VmHWM"), "nginx": rss_mb(rig.nginx.pid, "VmHWM")}
+        peak = {t: rss_mb(p.pid, "VmHWM") for t, p in
+                (("glmgate", rig.gg), ("nginx", rig.nginx), ("litellm", rig.litellm)) if p}
     finally:
         procs.stop_all()
     report = render(rows, open_loop, idle, peak, args)
@@ -382,7 +437,9 @@ def render(rows, open_loop, idle, peak, args):
            "before the client sees a byte. Attempts/req counts the upstream requests per client request. "
            "`translated`: glmgate in front of an upstream that speaks only the other API format "
            "(OpenAI scenarios on an Anthropic-only upstream, the Anthropic scenario on an OpenAI-only one), "
-           "so every request, answer and stream event is translated.", "",
+           "so every request, answer and stream event is translated."
+           + (" `litellm`: LiteLLM proxy (" + LITELLM_PIN + ", two workers, master key, no database) "
+              "on the same mock, OpenAI scenarios only." if "litellm" in idle else ""), "",
            "| scenario | c | target | p50 | p90 | p99 | +p50 | +p99 | req/s | vs nginx req/s | CPU µs/req | +TTFB p50 |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for scenario, c, reps in rows:
@@ -401,7 +458,7 @@ def render(rows, open_loop, idle, peak, args):
             stream = "stream" in scenario
             out.append(f"| {scenario} | {c} | {name} | {fmt(lat('p50'))} | {fmt(lat('p90'))} | {fmt(lat('p99'))} | "
                        f"{'' if t == 'direct' else fmt(over('p50'))} | {'' if t == 'direct' else fmt(over('p99'))} | "
-                       f"{fmt(rps)} | {fmt(ratio, 2) if t in ('glmgate', 'failover', 'translated') else ''} | "
+                       f"{fmt(rps)} | {fmt(ratio, 2) if t in ('glmgate', 'failover', 'translated', 'litellm') else ''} | "
                        f"{fmt(med([r['cpu_us_per_req'] for r in rs]), 1)} | "
                        f"{fmt(ttfb) if stream and t != 'direct' else ''} |")
     out += ["", f"Open loop, OpenAI non-stream at {args.rate} req/s for {args.duration} s (latency from the scheduled start):", "",
@@ -410,7 +467,7 @@ def render(rows, open_loop, idle, peak, args):
         l = r["latency_us"]
         out.append(f"| {t} | {fmt(l['p50'])} | {fmt(l['p90'])} | {fmt(l['p99'])} | {fmt(l['max'])} | {r['errors']} |")
     out += ["", "Memory (MB, RSS): " + ", ".join(
-        f"{t} idle {idle[t]:.1f}, peak {peak[t]:.1f}" for t in ("glmgate", "nginx")), ""]
+        f"{t} idle {idle[t]:.1f}, peak {peak[t]:.1f}" for t in idle), ""]
     return "\n".join(out)
 
 
@@ -454,15 +511,20 @@ def run_streams(args):
         # 28 events 300 ms apart: each stream stays open about 8 s.
         rig = Rig(tmp, procs, mock_args=["--chunk-delay-ms", "300"])
         time.sleep(1)
-        idle = rss_mb(rig.gg.pid)
-        url, headers, _ = rig.target("glmgate", "openai")
-        r = load(url, headers, body_file(tmp, "openai-stream"), args.streams, 6, requests=args.streams)
-        peak = rss_mb(rig.gg.pid, "VmHWM")
+        results = {}
+        # nginx first, glmgate second: each peak (VmHWM) covers its own run only.
+        for name in ("nginx", "glmgate"):
+            url, headers, pid = rig.target(name, "openai")
+            idle = rss_mb(pid)
+            r = load(url, headers, body_file(tmp, "openai-stream"), args.streams, 6, requests=args.streams)
+            results[name] = (r, idle, rss_mb(pid, "VmHWM"))
     finally:
         procs.stop_all()
-    print(f"{args.streams} concurrent slow streams through glmgate: {r['requests']} completed, "
-          f"{r['errors']} failed; RSS idle {idle:.1f} MB, peak {peak:.1f} MB; "
-          f"TTFB p50 {r['ttfb_us']['p50']} µs, p99 {r['ttfb_us']['p99']} µs.")
+    for name, (r, idle, peak) in results.items():
+        print(f"{args.streams} concurrent slow streams through {name}: {r['requests']} completed, "
+              f"{r['errors']} failed; RSS idle {idle:.1f} MB, peak {peak:.1f} MB "
+              f"({(peak - idle) * 1024 / args.streams:.1f} KB per stream); "
+              f"TTFB p50 {r['ttfb_us']['p50']} µs, p99 {r['ttfb_us']['p99']} µs.")
 
 
 def run_instructions(args):
@@ -500,10 +562,9 @@ def main():
     ap.add_argument("--instructions", action="store_true")
     ap.add_argument("--small", type=int, default=100)
     ap.add_argument("--large", type=int, default=400)
-    ap.add_argument("--with-litellm", action="store_true", help="not available yet")
+    ap.add_argument("--with-litellm", action="store_true",
+                    help=f"add LiteLLM proxy ({LITELLM_PIN}, installed once into bench/.litellm) as a target")
     args = ap.parse_args()
-    if args.with_litellm:
-        sys.exit("--with-litellm is not implemented yet")
     if args.quick:
         args.reps, args.duration = 1, 2.0
     if args.soak:
