@@ -123,7 +123,6 @@ pub fn main() -> ExitCode {
 }
 
 fn init_logging(format: LogFormat, level: &str) {
-    use tracing_subscriber::field::MakeExt;
     let filter = tracing_subscriber::EnvFilter::try_from_env("GLMGATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     // Colour only on a terminal: escape codes in log files cost time and readability.
@@ -133,21 +132,77 @@ fn init_logging(format: LogFormat, level: &str) {
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),
-        // `name=value` written directly: the default field formatter styles every name and
-        // `=` (even with colour off), which cost half of the per-request log line.
-        LogFormat::Text => builder
-            .fmt_fields(
-                tracing_subscriber::fmt::format::debug_fn(|w, field, value| {
-                    if field.name() == "message" {
-                        write!(w, "{value:?}")
-                    } else {
-                        write!(w, "{field}={value:?}")
-                    }
-                })
-                .delimited(" "),
-            )
-            .try_init(),
+        LogFormat::Text => builder.fmt_fields(TextFields).try_init(),
     };
+}
+
+/// Fields as `name=value`, space-separated, the message first and bare. Written directly:
+/// the default field formatter styles every name and `=` (even with colour off), and a
+/// formatter built from closures still sends every number through `format_args!`; the
+/// per-request log line has a dozen fields, most of them numbers.
+struct TextFields;
+
+impl<'w> tracing_subscriber::fmt::FormatFields<'w> for TextFields {
+    fn format_fields<R: tracing_subscriber::field::RecordFields>(
+        &self,
+        mut writer: tracing_subscriber::fmt::format::Writer<'w>,
+        fields: R,
+    ) -> std::fmt::Result {
+        let mut visitor = TextVisitor {
+            writer: &mut writer,
+            first: true,
+            result: Ok(()),
+        };
+        fields.record(&mut visitor);
+        visitor.result
+    }
+}
+
+struct TextVisitor<'a, 'w> {
+    writer: &'a mut tracing_subscriber::fmt::format::Writer<'w>,
+    first: bool,
+    result: std::fmt::Result,
+}
+
+impl TextVisitor<'_, '_> {
+    fn field(
+        &mut self,
+        field: &tracing::field::Field,
+        value: impl FnOnce(&mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result,
+    ) {
+        if self.result.is_err() {
+            return;
+        }
+        let w = &mut *self.writer;
+        self.result = (|| {
+            if !std::mem::take(&mut self.first) {
+                w.write_char(' ')?;
+            }
+            if field.name() != "message" {
+                w.write_str(field.name())?;
+                w.write_char('=')?;
+            }
+            value(w)
+        })();
+    }
+}
+
+impl tracing::field::Visit for TextVisitor<'_, '_> {
+    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+        self.field(field, |w| w.write_str(itoa::Buffer::new().format(value)));
+    }
+
+    fn record_i64(&mut self, field: &tracing::field::Field, value: i64) {
+        self.field(field, |w| w.write_str(itoa::Buffer::new().format(value)));
+    }
+
+    fn record_bool(&mut self, field: &tracing::field::Field, value: bool) {
+        self.field(field, |w| w.write_str(if value { "true" } else { "false" }));
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.field(field, |w| write!(w, "{value:?}"));
+    }
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -307,6 +362,50 @@ async fn keys(settings: &Settings, action: KeysAction) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Arc, Mutex};
+
+    #[test]
+    fn text_log_fields_are_name_value_pairs() {
+        let buf = Arc::new(Mutex::new(Vec::<u8>::new()));
+        let sink = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || Sink(sink.clone()))
+            .with_ansi(false)
+            .without_time()
+            .fmt_fields(super::TextFields)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let id = "abc";
+            tracing::info!(
+                request_id = %id,
+                tokens = 5u64,
+                delta = -3i64,
+                stream = true,
+                name = "a b",
+                "request done"
+            );
+        });
+        let out = String::from_utf8(buf.lock().expect("lock").clone()).expect("utf-8");
+        assert!(
+            out.ends_with(
+                "request done request_id=abc tokens=5 delta=-3 stream=true name=\"a b\"\n"
+            ),
+            "{out}"
+        );
+    }
+
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Sink {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("lock").extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
     #[test]
     fn expiry_formats() {
         assert_eq!(
