@@ -129,11 +129,46 @@ fn init_logging(format: LogFormat, level: &str) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
+        .with_timer(Timestamp)
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.fmt_fields(TextFields).try_init(),
     };
+}
+
+/// Log timestamps in RFC 3339 UTC with microseconds (`2026-11-23T19:33:11.623339Z`). The
+/// date and time up to the second are formatted once a second per thread, and only the
+/// microseconds per line.
+struct Timestamp;
+
+impl tracing_subscriber::fmt::time::FormatTime for Timestamp {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        thread_local! {
+            static SECOND: std::cell::RefCell<(u64, String)> =
+                const { std::cell::RefCell::new((u64::MAX, String::new())) };
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let (secs, micros) = (now.as_secs(), now.subsec_micros());
+        SECOND.with_borrow_mut(|(cached, prefix)| {
+            if *cached != secs {
+                *cached = secs;
+                *prefix = chrono::DateTime::from_timestamp(secs as i64, 0)
+                    .unwrap_or_default()
+                    .format("%Y-%m-%dT%H:%M:%S.")
+                    .to_string();
+            }
+            w.write_str(prefix)?;
+            let digits = itoa::Buffer::new().format(micros).len();
+            for _ in digits..6 {
+                w.write_char('0')?;
+            }
+            w.write_str(itoa::Buffer::new().format(micros))?;
+            w.write_char('Z')
+        })
+    }
 }
 
 /// Fields as `name=value`, space-separated, the message first and bare. Written directly:
@@ -392,6 +427,21 @@ mod tests {
             ),
             "{out}"
         );
+    }
+
+    #[test]
+    fn log_timestamps_are_rfc3339_with_microseconds() {
+        use tracing_subscriber::fmt::time::FormatTime;
+        let mut out = String::new();
+        let before = chrono::Utc::now();
+        super::Timestamp
+            .format_time(&mut tracing_subscriber::fmt::format::Writer::new(&mut out))
+            .expect("format");
+        let parsed = chrono::DateTime::parse_from_rfc3339(&out).expect(&out);
+        assert_eq!(out.len(), "2026-11-23T19:33:11.623339Z".len(), "{out}");
+        assert!(out.ends_with('Z'));
+        let lag = parsed.signed_duration_since(before).num_milliseconds();
+        assert!((0..60_000).contains(&lag), "{out} against {before}");
     }
 
     struct Sink(Arc<Mutex<Vec<u8>>>);
