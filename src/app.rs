@@ -204,8 +204,11 @@ struct Worker {
 impl Worker {
     fn run(self) {
         crate::upstream::client::set_worker(self.index);
+        crate::logging::buffer_this_thread();
         let runtime = match tokio::runtime::Builder::new_current_thread()
             .enable_all()
+            // Buffered log lines go out when the thread runs out of work.
+            .on_thread_park(crate::logging::flush)
             .build()
         {
             Ok(r) => r,
@@ -223,8 +226,23 @@ impl Worker {
                     return;
                 }
             };
+            tokio::spawn(every_second());
             accept_loop(listener, self.app, &mut stop).await;
         });
+        crate::logging::flush();
+    }
+}
+
+/// A serving thread's one-second tick. It writes buffered log lines on a thread that is
+/// never idle. Being always due within a second, it also spares the thread a self-wake
+/// (an `eventfd` write) per request: tokio wakes its timer when a new timer is due before
+/// every other one, which each request's timeouts are when no other timer is pending.
+async fn every_second() {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        crate::logging::flush();
     }
 }
 

@@ -13,9 +13,10 @@
 //! | record usage in batches | [`accounting`], [`store`] |
 //!
 //! [`app`] assembles the router and serves it; [`config`] loads TOML with env overrides;
-//! [`error`] renders every failure in the caller's own API format; [`mock`] is the
-//! Z.AI-compatible mock upstream used by tests, the demo and the benchmarks; [`tokens`]
-//! counts tokens locally for `count_tokens`.
+//! [`error`] renders every failure in the caller's own API format; [`logging`] writes log
+//! lines, buffered per serving thread; [`mock`] is the Z.AI-compatible mock upstream used
+//! by tests, the demo and the benchmarks; [`tokens`] counts tokens locally for
+//! `count_tokens`.
 
 pub mod accounting;
 pub mod app;
@@ -24,6 +25,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod logging;
 pub mod meter;
 pub mod mock;
 pub mod proxy;

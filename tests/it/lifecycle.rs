@@ -131,6 +131,31 @@ async fn sigterm_drains_streams_and_keys_cli_works() {
 
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
+    // A serving thread buffers its log lines and writes them when it has nothing else to
+    // do: the request's line shows while the gateway runs.
+    let resp = http
+        .post(format!("{base}/v1/chat/completions"))
+        .bearer_auth(&key)
+        .json(&openai_body(false))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(resp.status(), 200);
+    loop {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).expect("read") > 0,
+            "gateway exited"
+        );
+        if line.contains(" request ") && line.contains("stream=false") {
+            assert!(
+                line.contains("outcome=ok") && line.contains("status=200"),
+                "{line}"
+            );
+            break;
+        }
+    }
+
     let body = with_fault(openai_body(true), "slow-chunks=50");
     let resp = http
         .post(format!("{base}/v1/chat/completions"))
@@ -165,6 +190,13 @@ async fn sigterm_drains_streams_and_keys_cli_works() {
         "upstream keys never logged"
     );
     assert!(!logs.contains(&key), "client key never logged");
+    // The stream that finished during shutdown was logged by its serving thread on the way out.
+    assert!(
+        logs.lines().any(|l| l.contains(" request ")
+            && l.contains("stream=true")
+            && l.contains("outcome=ok")),
+        "{logs}"
+    );
 
     // The mock saw an upstream key (from ZAI_API_KEY or the reloaded file); usage was
     // stored before exit.
@@ -183,8 +215,8 @@ async fn sigterm_drains_streams_and_keys_cli_works() {
         .await
         .expect("store");
     let rows = store.usage_rows().await.expect("rows");
-    assert_eq!(rows.len(), 1);
-    assert_eq!(rows[0]["outcome"], "ok");
+    assert_eq!(rows.len(), 2, "the plain request and the drained stream");
+    assert!(rows.iter().all(|r| r["outcome"] == "ok"), "{rows:?}");
 
     let revoke = bin()
         .args(["keys", "revoke", "cli", "--config"])

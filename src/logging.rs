@@ -1,0 +1,261 @@
+//! Logs: text or JSON lines on stderr, with RFC 3339 timestamps.
+//!
+//! A serving thread does not write each line as it is made: lines gather in a buffer of
+//! that thread and go out in one `write` when the thread runs out of work, once a second
+//! when it never does, or when 64 KB are waiting. A busy gateway so pays one system call
+//! for many request lines instead of one each. Other threads write their lines at once.
+//! A line is never split; lines of different serving threads can come out of time order
+//! by up to that delay.
+
+use std::cell::RefCell;
+use std::io::{IsTerminal, Write};
+
+use crate::config::LogFormat;
+
+/// Buffered lines are written once this many bytes wait.
+const FLUSH_AT: usize = 64 * 1024;
+
+thread_local! {
+    /// `Some` on serving threads (see [`buffer_this_thread`]).
+    static BUFFER: RefCell<Option<Vec<u8>>> = const { RefCell::new(None) };
+}
+
+/// From now on, lines logged on this thread are buffered until [`flush`].
+pub fn buffer_this_thread() {
+    BUFFER.with_borrow_mut(|b| *b = Some(Vec::with_capacity(FLUSH_AT)));
+}
+
+/// Writes the lines this thread has buffered, if any.
+pub fn flush() {
+    let _ = BUFFER.try_with(|cell| {
+        if let Ok(mut guard) = cell.try_borrow_mut() {
+            if let Some(buf) = guard.as_mut().filter(|b| !b.is_empty()) {
+                let _ = std::io::stderr().lock().write_all(buf);
+                buf.clear();
+            }
+        }
+    });
+}
+
+/// stderr, through this thread's buffer where it has one.
+struct Stderr;
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Stderr {
+    type Writer = Line;
+
+    fn make_writer(&'a self) -> Line {
+        Line
+    }
+}
+
+/// One formatted line (the formatter hands each over with a single `write_all`).
+struct Line;
+
+impl Write for Line {
+    fn write(&mut self, line: &[u8]) -> std::io::Result<usize> {
+        let buffered = BUFFER
+            .try_with(|cell| match cell.try_borrow_mut() {
+                Ok(mut guard) => match guard.as_mut() {
+                    Some(buf) => {
+                        buf.extend_from_slice(line);
+                        if buf.len() >= FLUSH_AT {
+                            let _ = std::io::stderr().lock().write_all(buf);
+                            buf.clear();
+                        }
+                        true
+                    }
+                    None => false,
+                },
+                Err(_) => false,
+            })
+            .unwrap_or(false);
+        if !buffered {
+            std::io::stderr().lock().write_all(line)?;
+        }
+        Ok(line.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+pub fn init(format: LogFormat, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("GLMGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    // Colour only on a terminal: escape codes in log files cost time and readability.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_timer(Timestamp)
+        .with_writer(Stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.fmt_fields(TextFields).try_init(),
+    };
+}
+
+/// Log timestamps in RFC 3339 UTC with microseconds (`2026-11-23T19:33:11.623339Z`). The
+/// date and time up to the second are formatted once a second per thread, and only the
+/// microseconds per line.
+struct Timestamp;
+
+impl tracing_subscriber::fmt::time::FormatTime for Timestamp {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        thread_local! {
+            static SECOND: std::cell::RefCell<(u64, String)> =
+                const { std::cell::RefCell::new((u64::MAX, String::new())) };
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let (secs, micros) = (now.as_secs(), now.subsec_micros());
+        SECOND.with_borrow_mut(|(cached, prefix)| {
+            if *cached != secs {
+                *cached = secs;
+                *prefix = chrono::DateTime::from_timestamp(secs as i64, 0)
+                    .unwrap_or_default()
+                    .format("%Y-%m-%dT%H:%M:%S.")
+                    .to_string();
+            }
+            w.write_str(prefix)?;
+            let digits = itoa::Buffer::new().format(micros).len();
+            for _ in digits..6 {
+                w.write_char('0')?;
+            }
+            w.write_str(itoa::Buffer::new().format(micros))?;
+            w.write_char('Z')
+        })
+    }
+}
+
+/// Fields as `name=value`, space-separated, the message first and bare. Written directly:
+/// the default field formatter styles every name and `=` (even with colour off), and a
+/// formatter built from closures still sends every number through `format_args!`; the
+/// per-request log line has a dozen fields, most of them numbers.
+struct TextFields;
+
+impl<'w> tracing_subscriber::fmt::FormatFields<'w> for TextFields {
+    fn format_fields<R: tracing_subscriber::field::RecordFields>(
+        &self,
+        mut writer: tracing_subscriber::fmt::format::Writer<'w>,
+        fields: R,
+    ) -> std::fmt::Result {
+        let mut visitor = TextVisitor {
+            writer: &mut writer,
+            first: true,
+            result: Ok(()),
+        };
+        fields.record(&mut visitor);
+        visitor.result
+    }
+}
+
+struct TextVisitor<'a, 'w> {
+    writer: &'a mut tracing_subscriber::fmt::format::Writer<'w>,
+    first: bool,
+    result: std::fmt::Result,
+}
+
+impl TextVisitor<'_, '_> {
+    fn field(
+        &mut self,
+        field: &tracing::field::Field,
+        value: impl FnOnce(&mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result,
+    ) {
+        if self.result.is_err() {
+            return;
+        }
+        let w = &mut *self.writer;
+        self.result = (|| {
+            if !std::mem::take(&mut self.first) {
+                w.write_char(' ')?;
+            }
+            if field.name() != "message" {
+                w.write_str(field.name())?;
+                w.write_char('=')?;
+            }
+            value(w)
+        })();
+    }
+}
+
+impl tracing::field::Visit for TextVisitor<'_, '_> {
+    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+        self.field(field, |w| w.write_str(itoa::Buffer::new().format(value)));
+    }
+
+    fn record_i64(&mut self, field: &tracing::field::Field, value: i64) {
+        self.field(field, |w| w.write_str(itoa::Buffer::new().format(value)));
+    }
+
+    fn record_bool(&mut self, field: &tracing::field::Field, value: bool) {
+        self.field(field, |w| w.write_str(if value { "true" } else { "false" }));
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.field(field, |w| write!(w, "{value:?}"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    #[test]
+    fn text_log_fields_are_name_value_pairs() {
+        let buf = Arc::new(Mutex::new(Vec::<u8>::new()));
+        let sink = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || Sink(sink.clone()))
+            .with_ansi(false)
+            .without_time()
+            .fmt_fields(super::TextFields)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let id = "abc";
+            tracing::info!(
+                request_id = %id,
+                tokens = 5u64,
+                delta = -3i64,
+                stream = true,
+                name = "a b",
+                "request done"
+            );
+        });
+        let out = String::from_utf8(buf.lock().expect("lock").clone()).expect("utf-8");
+        assert!(
+            out.ends_with(
+                "request done request_id=abc tokens=5 delta=-3 stream=true name=\"a b\"\n"
+            ),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn log_timestamps_are_rfc3339_with_microseconds() {
+        use tracing_subscriber::fmt::time::FormatTime;
+        let mut out = String::new();
+        let before = chrono::Utc::now();
+        super::Timestamp
+            .format_time(&mut tracing_subscriber::fmt::format::Writer::new(&mut out))
+            .expect("format");
+        let parsed = chrono::DateTime::parse_from_rfc3339(&out).expect(&out);
+        assert_eq!(out.len(), "2026-11-23T19:33:11.623339Z".len(), "{out}");
+        assert!(out.ends_with('Z'));
+        let lag = parsed.signed_duration_since(before).num_milliseconds();
+        assert!((0..60_000).contains(&lag), "{out} against {before}");
+    }
+
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Sink {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("lock").extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+}
