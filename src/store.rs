@@ -114,6 +114,9 @@ pub struct ModelStats {
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: SqlitePool,
+    /// One connection for usage batches: its statement cache holds the few usage INSERTs,
+    /// so each is prepared once per process rather than once per pooled connection.
+    usage_writer: SqlitePool,
 }
 
 impl Store {
@@ -127,11 +130,15 @@ impl Store {
             .foreign_keys(true);
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
-            .connect_with(options)
+            .connect_with(options.clone())
             .await
             .map_err(|e| anyhow::anyhow!("cannot open store {}: {e}", path.display()))?;
         Migrator::new(Embedded).await?.run(&pool).await?;
-        Ok(Store { pool })
+        // Connects on first use: `keys` commands never write usage.
+        let usage_writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_lazy_with(options);
+        Ok(Store { pool, usage_writer })
     }
 
     pub async fn ping(&self) -> bool {
@@ -195,13 +202,15 @@ impl Store {
         Ok(done.rows_affected())
     }
 
-    /// Writes a batch of usage records in one transaction. Rows go in multi-row statements of
-    /// power-of-two sizes, so there are at most nine distinct statements and each is prepared
-    /// once and then reused from sqlx's statement cache (preparing a statement costs far more
-    /// than running it). sqlx runs SQLite on its own thread, so few statements also means few
-    /// cross-thread round trips: at most eight plus one per 256 rows.
+    /// Writes a batch of usage records in one transaction, on the store's one usage
+    /// connection. Rows go in multi-row statements of 1, 4, 16 or 64 rows, so there are four
+    /// distinct statements, each prepared once and then reused from that connection's
+    /// statement cache (SQLite takes ~20k instructions to parse each row of a multi-row
+    /// INSERT, several times what inserting it costs). sqlx runs SQLite on its own thread, so
+    /// few statements also means few cross-thread round trips: at most nine plus one per 64
+    /// rows.
     pub async fn insert_usage(&self, batch: &[UsageRecord]) -> sqlx::Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.usage_writer.begin().await?;
         let mut rest = batch;
         while !rest.is_empty() {
             let size = statement_rows(rest.len());
@@ -336,6 +345,7 @@ impl Store {
     }
 
     pub async fn close(&self) {
+        self.usage_writer.close().await;
         self.pool.close().await;
     }
 }
@@ -354,12 +364,12 @@ fn key_row(r: &sqlx::sqlite::SqliteRow) -> sqlx::Result<KeyRow> {
     })
 }
 
-/// The text of the usage INSERT for `rows` rows (a power of two up to 256), built once per
-/// size: formatting thousands of placeholders on every flush cost more than the insert.
+/// The text of the usage INSERT for `rows` rows (1, 4, 16 or 64), built once per size:
+/// formatting a thousand placeholders on every flush cost more than the insert.
 fn usage_insert_sql(rows: usize) -> &'static str {
     const COLUMNS: usize = 16;
-    static SQL: [OnceLock<String>; 9] = [const { OnceLock::new() }; 9];
-    SQL[rows.ilog2() as usize].get_or_init(|| {
+    static SQL: [OnceLock<String>; 4] = [const { OnceLock::new() }; 4];
+    SQL[(rows.ilog2() / 2) as usize].get_or_init(|| {
         let row = format!("({})", vec!["?"; COLUMNS].join(", "));
         format!(
             "INSERT INTO usage_records (ts_ms, request_id, key_id, api, model, stream, status, \
@@ -370,14 +380,14 @@ fn usage_insert_sql(rows: usize) -> &'static str {
     })
 }
 
-/// Rows in the next usage INSERT for `left` rows still to write: the largest power of two
-/// not above `left`, at most 256 (16 bound values a row; SQLite allows 32,766 a statement).
+/// Rows in the next usage INSERT for `left` rows still to write: the largest power of four
+/// not above `left`, at most 64 (16 bound values a row).
 fn statement_rows(left: usize) -> usize {
-    const MAX_ROWS: usize = 256;
+    const MAX_ROWS: usize = 64;
     if left >= MAX_ROWS {
         MAX_ROWS
     } else {
-        1 << left.ilog2()
+        1 << (left.ilog2() / 2 * 2)
     }
 }
 
@@ -389,11 +399,13 @@ mod tests {
     #[test]
     fn usage_statements_come_in_few_sizes() {
         assert_eq!(statement_rows(1), 1);
+        assert_eq!(statement_rows(3), 1);
         assert_eq!(statement_rows(7), 4);
-        assert_eq!(statement_rows(255), 128);
-        assert_eq!(statement_rows(256), 256);
-        assert_eq!(statement_rows(10_000), 256);
-        for rows in [1, 2, 64, 256] {
+        assert_eq!(statement_rows(16), 16);
+        assert_eq!(statement_rows(63), 16);
+        assert_eq!(statement_rows(64), 64);
+        assert_eq!(statement_rows(10_000), 64);
+        for rows in [1, 4, 16, 64] {
             let sql = usage_insert_sql(rows);
             assert_eq!(sql.matches('?').count(), 16 * rows, "{rows} rows");
             assert_eq!(sql.matches("), (").count(), rows - 1, "{rows} rows");
