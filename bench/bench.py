@@ -528,25 +528,43 @@ def run_streams(args):
 
 
 def run_instructions(args):
+    """Counts in one gateway process under callgrind: a warm-up (connections, caches, the
+    usage writer's prepared statements: one-off costs) is run and its counts dropped, then
+    `small` and `large` requests are each counted (usage written, counters dumped); the
+    difference over `large − small` requests is the steady-state cost of one request."""
     ensure_tools(need_valgrind=True)
+    procs = Procs()
+    tmp = tempfile.mkdtemp(prefix="glmgate-cg-")
+    out = os.path.join(tmp, "callgrind.out")
+    settle = 2.5  # > the usage flush interval (1 s): each window includes its batch write
+    try:
+        rig = Rig(tmp, procs, glmgate_prefix=["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"])
+        url, headers, _ = rig.target("glmgate", "openai")
+        body = body_file(tmp, "openai")
+        pid = str(rig.gg.pid)
+
+        def control(*what):
+            subprocess.run(["callgrind_control", *what, pid], check=True, capture_output=True)
+
+        load(url, headers, body, 1, 0, requests=args.warmup_requests)
+        time.sleep(settle)
+        control("--zero")
+        for n in (args.small, args.large):
+            load(url, headers, body, 1, 0, requests=n)
+            time.sleep(settle)
+            control(f"--dump={n} requests")
+        procs.stop(rig.gg, timeout=120)
+    finally:
+        procs.stop_all()
     totals = {}
-    for n in (args.small, args.large):
-        procs = Procs()
-        tmp = tempfile.mkdtemp(prefix="glmgate-cg-")
-        out = os.path.join(tmp, "callgrind.out")
-        try:
-            rig = Rig(tmp, procs, glmgate_prefix=["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"])
-            url, headers, _ = rig.target("glmgate", "openai")
-            load(url, headers, body_file(tmp, "openai"), 1, 0, requests=n)
-            procs.stop(rig.gg, timeout=120)
-        finally:
-            procs.stop_all()
-        with open(out) as f:
+    for i, n in enumerate((args.small, args.large), start=1):
+        with open(f"{out}.{i}") as f:
             totals[n] = next(int(l.split()[1]) for l in f if l.startswith(("summary:", "totals:")))
         log(f"{n} requests: {totals[n]:,} instructions in all")
     per = (totals[args.large] - totals[args.small]) / (args.large - args.small)
     print(f"glmgate executes {per:,.0f} instructions per OpenAI non-stream request "
-          f"(callgrind, ({args.large} − {args.small} requests) difference, auth + accounting on).")
+          f"(callgrind, after {args.warmup_requests} warm-up requests; ({args.large} − {args.small} "
+          f"requests) difference; auth, accounting and logs on).")
 
 
 def main():
@@ -562,6 +580,7 @@ def main():
     ap.add_argument("--instructions", action="store_true")
     ap.add_argument("--small", type=int, default=100)
     ap.add_argument("--large", type=int, default=400)
+    ap.add_argument("--warmup-requests", type=int, default=300)
     ap.add_argument("--with-litellm", action="store_true",
                     help=f"add LiteLLM proxy ({LITELLM_PIN}, installed once into bench/.litellm) as a target")
     args = ap.parse_args()
