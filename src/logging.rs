@@ -30,11 +30,17 @@ pub fn flush() {
     let _ = BUFFER.try_with(|cell| {
         if let Ok(mut guard) = cell.try_borrow_mut() {
             if let Some(buf) = guard.as_mut().filter(|b| !b.is_empty()) {
-                let _ = std::io::stderr().lock().write_all(buf);
-                buf.clear();
+                write_out(buf);
             }
         }
     });
+}
+
+/// Writes buffered lines to stderr and empties the buffer. A failed write (stderr closed)
+/// drops them: there is nowhere else to report it.
+fn write_out(buf: &mut Vec<u8>) {
+    let _ = std::io::stderr().lock().write_all(buf);
+    buf.clear();
 }
 
 /// stderr, through this thread's buffer where it has one.
@@ -59,8 +65,7 @@ impl Write for Line {
                     Some(buf) => {
                         buf.extend_from_slice(line);
                         if buf.len() >= FLUSH_AT {
-                            let _ = std::io::stderr().lock().write_all(buf);
-                            buf.clear();
+                            write_out(buf);
                         }
                         true
                     }

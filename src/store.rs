@@ -134,10 +134,12 @@ impl Store {
             .await
             .map_err(|e| anyhow::anyhow!("cannot open store {}: {e}", path.display()))?;
         Migrator::new(Embedded).await?.run(&pool).await?;
-        // Connects on first use: `keys` commands never write usage.
+        // Connects on first use: `keys` commands never write usage. It only appends, which
+        // touches the last pages of the table and its index: a 256 KB page cache, not
+        // SQLite's default 2 MB, which it would otherwise fill as the table grows.
         let usage_writer = SqlitePoolOptions::new()
             .max_connections(1)
-            .connect_lazy_with(options);
+            .connect_lazy_with(options.pragma("cache_size", "-256"));
         Ok(Store { pool, usage_writer })
     }
 
