@@ -11,7 +11,6 @@ use bytes::Bytes;
 use memchr::memmem::{Finder, FinderRev};
 use serde::Serialize;
 use serde_json::value::RawValue;
-use serde_json::Value;
 
 use crate::error::Dialect;
 use crate::sse::LineReader;
@@ -33,31 +32,6 @@ pub struct Usage {
     pub reasoning_tokens: u64,
 }
 
-fn n(v: &Value, key: &str) -> Option<u64> {
-    v.get(key).and_then(Value::as_u64)
-}
-
-impl Usage {
-    /// From an OpenAI / Z.AI `usage` object.
-    pub fn from_openai(u: &Value) -> Option<Usage> {
-        if !u.is_object() {
-            return None;
-        }
-        Some(Usage {
-            input_tokens: n(u, "prompt_tokens").unwrap_or(0),
-            output_tokens: n(u, "completion_tokens").unwrap_or(0),
-            cached_tokens: u
-                .get("prompt_tokens_details")
-                .and_then(|d| n(d, "cached_tokens"))
-                .unwrap_or(0),
-            reasoning_tokens: u
-                .get("completion_tokens_details")
-                .and_then(|d| n(d, "reasoning_tokens"))
-                .unwrap_or(0),
-        })
-    }
-}
-
 /// Anthropic usage arrives in pieces (`message_start`, then cumulative `message_delta`);
 /// a field seen later overwrites the earlier value.
 #[derive(Clone, Copy, Debug, Default)]
@@ -69,11 +43,11 @@ struct AnthropicCounts {
 }
 
 impl AnthropicCounts {
-    fn merge(&mut self, u: &Value) {
-        self.input = n(u, "input_tokens").or(self.input);
-        self.cache_creation = n(u, "cache_creation_input_tokens").or(self.cache_creation);
-        self.cache_read = n(u, "cache_read_input_tokens").or(self.cache_read);
-        self.output = n(u, "output_tokens").or(self.output);
+    fn merge(&mut self, u: &WireUsage) {
+        self.input = count(u.input_tokens).or(self.input);
+        self.cache_creation = count(u.cache_creation_input_tokens).or(self.cache_creation);
+        self.cache_read = count(u.cache_read_input_tokens).or(self.cache_read);
+        self.output = count(u.output_tokens).or(self.output);
     }
 
     fn seen(&self) -> bool {
@@ -162,6 +136,43 @@ struct WireUsage<'a> {
     cache_creation_input_tokens: Option<&'a RawValue>,
     #[serde(borrow)]
     cache_read_input_tokens: Option<&'a RawValue>,
+}
+
+/// The top-level fields of an SSE event the meter reads, left unparsed until needed (a
+/// field of an unexpected shape then spoils only itself). Everything else is skipped.
+#[derive(serde::Deserialize)]
+struct WireEvent<'a> {
+    #[serde(borrow)]
+    usage: Option<&'a RawValue>,
+    #[serde(borrow)]
+    error: Option<&'a RawValue>,
+    #[serde(rename = "type", borrow)]
+    kind: Option<&'a RawValue>,
+    #[serde(borrow)]
+    message: Option<&'a RawValue>,
+}
+
+impl<'a> WireEvent<'a> {
+    fn usage(&self) -> Option<WireUsage<'a>> {
+        serde_json::from_str(self.usage?.get()).ok()
+    }
+
+    /// `type`, as its JSON text (`"message_start"`, quotes included).
+    fn kind(&self) -> Option<&'a str> {
+        self.kind.map(RawValue::get)
+    }
+
+    /// `message.usage` (Anthropic's `message_start`).
+    fn message_usage(&self) -> Option<WireUsage<'a>> {
+        #[derive(serde::Deserialize)]
+        struct Message<'a> {
+            #[serde(borrow)]
+            usage: Option<WireUsage<'a>>,
+        }
+        serde_json::from_str::<Message>(self.message?.get())
+            .ok()?
+            .usage
+    }
 }
 
 /// A count as the upstream wrote it; anything but a non-negative integer reads as absent.
@@ -322,30 +333,31 @@ impl LineReader for SseMeter {
         if !wanted {
             return;
         }
-        let Ok(v) = serde_json::from_slice::<Value>(payload) else {
+        // Only the fields read below are parsed; the rest (choices, content) is skipped.
+        let Ok(event) = serde_json::from_slice::<WireEvent>(payload) else {
             return;
         };
-        if v.get("error").is_some() {
+        if event.error.is_some() {
             self.out.upstream_error = true;
         }
         match self.dialect {
             Dialect::OpenAi => {
-                if let Some(u) = v.get("usage").and_then(Usage::from_openai) {
-                    self.openai = Some(u);
+                if let Some(u) = event.usage() {
+                    self.openai = u.usage(Dialect::OpenAi);
                 }
             }
-            Dialect::Anthropic => match v.get("type").and_then(Value::as_str) {
-                Some("message_start") => {
-                    if let Some(u) = v.get("message").and_then(|m| m.get("usage")) {
-                        self.anthropic.merge(u);
+            Dialect::Anthropic => match event.kind() {
+                Some("\"message_start\"") => {
+                    if let Some(u) = event.message_usage() {
+                        self.anthropic.merge(&u);
                     }
                 }
-                Some("message_delta") => {
-                    if let Some(u) = v.get("usage") {
-                        self.anthropic.merge(u);
+                Some("\"message_delta\"") => {
+                    if let Some(u) = event.usage() {
+                        self.anthropic.merge(&u);
                     }
                 }
-                Some("message_stop") => self.out.complete = true,
+                Some("\"message_stop\"") => self.out.complete = true,
                 _ => {}
             },
         }
@@ -442,6 +454,30 @@ mod tests {
         assert!(!got.complete);
         assert_eq!(got.usage, None);
         assert_eq!(got.events, 1);
+    }
+
+    #[test]
+    fn a_field_of_an_odd_shape_does_not_hide_the_usage() {
+        let mut m = Meter::new(Dialect::OpenAi, true);
+        feed_split(
+            &mut m,
+            concat!(
+                "data: {\"message\":\"not an object\",\"type\":7,\"error\":null,",
+                "\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4}}\n\n"
+            ),
+            4,
+        );
+        let got = m.finish();
+        assert!(!got.upstream_error, "`error: null` is not an error");
+        assert_eq!(
+            got.usage,
+            Some(Usage {
+                input_tokens: 3,
+                output_tokens: 4,
+                cached_tokens: 0,
+                reasoning_tokens: 0
+            })
+        );
     }
 
     #[test]
