@@ -12,8 +12,9 @@ use std::io::{IsTerminal, Write};
 
 use crate::config::LogFormat;
 
-/// Buffered lines are written once this many bytes wait.
-const FLUSH_AT: usize = 64 * 1024;
+/// A serving thread's buffer holds this much; a line that would overflow it writes out what
+/// is waiting first, so the buffer never grows past its first allocation.
+const CAPACITY: usize = 64 * 1024;
 
 thread_local! {
     /// `Some` on serving threads (see [`buffer_this_thread`]).
@@ -22,16 +23,22 @@ thread_local! {
 
 /// From now on, lines logged on this thread are buffered until [`flush`].
 pub fn buffer_this_thread() {
-    BUFFER.with_borrow_mut(|b| *b = Some(Vec::with_capacity(FLUSH_AT)));
+    BUFFER.with_borrow_mut(|b| *b = Some(Vec::with_capacity(CAPACITY)));
+}
+
+/// Runs `f` on this thread's buffer; `None` on a thread without one.
+fn with_buffer<R>(f: impl FnOnce(&mut Vec<u8>) -> R) -> Option<R> {
+    BUFFER
+        .try_with(|cell| cell.try_borrow_mut().ok()?.as_mut().map(f))
+        .ok()
+        .flatten()
 }
 
 /// Writes the lines this thread has buffered, if any.
 pub fn flush() {
-    let _ = BUFFER.try_with(|cell| {
-        if let Ok(mut guard) = cell.try_borrow_mut() {
-            if let Some(buf) = guard.as_mut().filter(|b| !b.is_empty()) {
-                write_out(buf);
-            }
+    with_buffer(|buf| {
+        if !buf.is_empty() {
+            write_out(buf);
         }
     });
 }
@@ -59,22 +66,13 @@ struct Line;
 
 impl Write for Line {
     fn write(&mut self, line: &[u8]) -> std::io::Result<usize> {
-        let buffered = BUFFER
-            .try_with(|cell| match cell.try_borrow_mut() {
-                Ok(mut guard) => match guard.as_mut() {
-                    Some(buf) => {
-                        buf.extend_from_slice(line);
-                        if buf.len() >= FLUSH_AT {
-                            write_out(buf);
-                        }
-                        true
-                    }
-                    None => false,
-                },
-                Err(_) => false,
-            })
-            .unwrap_or(false);
-        if !buffered {
+        let buffered = with_buffer(|buf| {
+            if buf.len() + line.len() > CAPACITY {
+                write_out(buf);
+            }
+            buf.extend_from_slice(line);
+        });
+        if buffered.is_none() {
             std::io::stderr().lock().write_all(line)?;
         }
         Ok(line.len())
@@ -205,7 +203,44 @@ impl tracing::field::Visit for TextVisitor<'_, '_> {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Write;
     use std::sync::{Arc, Mutex};
+
+    #[test]
+    fn a_serving_thread_keeps_lines_until_flushed_within_one_allocation() {
+        std::thread::spawn(|| {
+            let mut line = super::Line;
+            assert_eq!(
+                super::with_buffer(|b| b.len()),
+                None,
+                "not buffered by default"
+            );
+            super::buffer_this_thread();
+            line.write_all(b"first line\n").expect("write");
+            assert_eq!(
+                super::with_buffer(|b| b.clone()),
+                Some(b"first line\n".to_vec())
+            );
+            super::flush();
+            assert_eq!(super::with_buffer(|b| b.len()), Some(0));
+            let long = [b'x'; 999];
+            for _ in 0..200 {
+                line.write_all(&long).expect("write");
+            }
+            let (len, capacity) = super::with_buffer(|b| (b.len(), b.capacity())).expect("buffer");
+            assert!(
+                len <= super::CAPACITY && len % 999 == 0,
+                "{len}: whole lines only"
+            );
+            assert_eq!(
+                capacity,
+                super::CAPACITY,
+                "written out before it would grow"
+            );
+        })
+        .join()
+        .expect("thread");
+    }
 
     #[test]
     fn text_log_fields_are_name_value_pairs() {
