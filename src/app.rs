@@ -207,8 +207,6 @@ impl Worker {
         crate::logging::buffer_this_thread();
         let runtime = match tokio::runtime::Builder::new_current_thread()
             .enable_all()
-            // Buffered log lines go out when the thread runs out of work.
-            .on_thread_park(crate::logging::flush)
             .build()
         {
             Ok(r) => r,
@@ -233,8 +231,8 @@ impl Worker {
     }
 }
 
-/// A serving thread's one-second tick. It writes buffered log lines on a thread that is
-/// never idle. Being always due within a second, it also spares the thread a self-wake
+/// A serving thread's one-second tick. It writes the thread's buffered log lines. Being
+/// always due within a second, it also spares the thread a self-wake
 /// (an `eventfd` write) per request: tokio wakes its timer when a new timer is due before
 /// every other one, which each request's timeouts are when no other timer is pending.
 async fn every_second() {

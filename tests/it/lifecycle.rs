@@ -131,8 +131,8 @@ async fn sigterm_drains_streams_and_keys_cli_works() {
 
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
-    // A serving thread buffers its log lines and writes them when it has nothing else to
-    // do: the request's line shows while the gateway runs.
+    // A serving thread buffers its request lines and writes them once a second: the
+    // request's line shows while the gateway runs.
     let resp = http
         .post(format!("{base}/v1/chat/completions"))
         .bearer_auth(&key)
