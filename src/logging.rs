@@ -195,6 +195,14 @@ impl TextVisitor<'_, '_> {
     }
 }
 
+/// A value written as it is when it is one plain token, quoted (Rust string syntax)
+/// otherwise, so `name=value` pairs stay unambiguous.
+fn is_plain(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'=' && b != b'\\')
+}
+
 impl tracing::field::Visit for TextVisitor<'_, '_> {
     fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
         self.field(field, |w| w.write_str(itoa::Buffer::new().format(value)));
@@ -208,8 +216,37 @@ impl tracing::field::Visit for TextVisitor<'_, '_> {
         self.field(field, |w| w.write_str(if value { "true" } else { "false" }));
     }
 
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if is_plain(value) {
+            self.field(field, |w| w.write_str(value));
+        } else {
+            self.field(field, |w| write!(w, "{value:?}"));
+        }
+    }
+
+    /// Also `%` (Display) values and the message. Control characters in them are escaped:
+    /// a value can come from a client (a model name, an error quoting the request), and a
+    /// raw newline in it would let the client forge a log line.
     fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-        self.field(field, |w| write!(w, "{value:?}"));
+        self.field(field, |w| {
+            std::fmt::Write::write_fmt(&mut NoControl(w), format_args!("{value:?}"))
+        });
+    }
+}
+
+/// Writes through to `0`, with control characters escaped as Rust does in strings.
+struct NoControl<W>(W);
+
+impl<W: std::fmt::Write> std::fmt::Write for NoControl<W> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let mut rest = s;
+        while let Some(at) = rest.find(char::is_control) {
+            self.0.write_str(&rest[..at])?;
+            let c = rest[at..].chars().next().unwrap_or_default();
+            write!(self.0, "{}", c.escape_default())?;
+            rest = &rest[at + c.len_utf8()..];
+        }
+        self.0.write_str(rest)
     }
 }
 
@@ -277,15 +314,29 @@ mod tests {
                 delta = -3i64,
                 stream = true,
                 name = "a b",
+                model = "glm-4.7",
+                quote = "say \"hi\"",
+                empty = "",
+                long = "x".repeat(200).as_str(),
                 "request done"
             );
+            let model = "m\nforged=line\r";
+            tracing::info!(model = %model, "line\ttwo");
         });
         let out = String::from_utf8(buf.lock().expect("lock").clone()).expect("utf-8");
+        let long = "x".repeat(200);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 2, "{out}");
         assert!(
-            out.ends_with(
-                "request done request_id=abc tokens=5 delta=-3 stream=true name=\"a b\"\n"
-            ),
+            lines[0].ends_with(&format!(
+                "request done request_id=abc tokens=5 delta=-3 stream=true name=\"a b\" \
+                 model=glm-4.7 quote=\"say \\\"hi\\\"\" empty=\"\" long={long}"
+            )),
             "{out}"
+        );
+        assert!(
+            lines[1].ends_with("line\\ttwo model=m\\nforged=line\\r"),
+            "control characters escaped: {out}"
         );
     }
 

@@ -334,13 +334,13 @@ impl Drop for Ledger {
         };
         let latency_ms = self.started.elapsed().as_millis() as u64;
         tracing::info!(
-            request_id = %self.request_id,
+            request_id = self.request_id.as_str(),
             key_id = self.key_id,
-            api = %self.dialect.as_str(),
-            model = %self.head.model,
+            api = self.dialect.as_str(),
+            model = self.head.model.as_str(),
             stream = self.head.stream,
             status = self.status.as_u16(),
-            outcome = %outcome.as_str(),
+            outcome = outcome.as_str(),
             input_tokens = usage.input_tokens,
             output_tokens = usage.output_tokens,
             cached_tokens = usage.cached_tokens,
