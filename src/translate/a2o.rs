@@ -419,12 +419,24 @@ impl StreamTranslator {
         }
     }
 
-    fn emit(&mut self, event: &str, data: Value) {
+    fn emit(&mut self, event: &str, data: impl serde::Serialize) {
         self.out.extend_from_slice(b"event: ");
         self.out.extend_from_slice(event.as_bytes());
         self.out.extend_from_slice(b"\ndata: ");
-        self.out.extend_from_slice(data.to_string().as_bytes());
+        super::put_json(&mut self.out, &data);
         self.out.extend_from_slice(b"\n\n");
+    }
+
+    /// A `content_block_delta` event carrying text.
+    fn delta(&mut self, index: usize, field: &'static str, text: &str, kind: &'static str) {
+        self.emit(
+            "content_block_delta",
+            BlockDelta {
+                delta: super::TextDelta { field, text, kind },
+                index,
+                kind: "content_block_delta",
+            },
+        );
     }
 
     fn start(&mut self, id: Option<&str>) {
@@ -502,21 +514,13 @@ impl StreamTranslator {
         if let Some(r) = delta.get("reasoning_content").and_then(Value::as_str) {
             if !r.is_empty() && self.ctx.thinking {
                 let index = self.ensure(Block::Thinking);
-                self.emit(
-                    "content_block_delta",
-                    json!({"type": "content_block_delta", "index": index,
-                    "delta": {"type": "thinking_delta", "thinking": r}}),
-                );
+                self.delta(index, "thinking", r, "thinking_delta");
             }
         }
         if let Some(t) = delta.get("content").and_then(Value::as_str) {
             if !t.is_empty() {
                 let index = self.ensure(Block::Text);
-                self.emit(
-                    "content_block_delta",
-                    json!({"type": "content_block_delta", "index": index,
-                    "delta": {"type": "text_delta", "text": t}}),
-                );
+                self.delta(index, "text", t, "text_delta");
             }
         }
         for call in delta
@@ -557,11 +561,7 @@ impl StreamTranslator {
                         tracing::warn!("interleaved tool-call fragment dropped");
                         continue;
                     }
-                    self.emit(
-                        "content_block_delta",
-                        json!({"type": "content_block_delta", "index": index,
-                        "delta": {"type": "input_json_delta", "partial_json": args}}),
-                    );
+                    self.delta(index, "partial_json", args, "input_json_delta");
                 }
             }
         }
@@ -591,6 +591,15 @@ impl StreamTranslator {
         );
         self.emit("message_stop", json!({"type": "message_stop"}));
     }
+}
+
+/// A `content_block_delta` event (fields in the alphabetical order of the other events).
+#[derive(serde::Serialize)]
+struct BlockDelta<'a> {
+    delta: super::TextDelta<'a>,
+    index: usize,
+    #[serde(rename = "type")]
+    kind: &'static str,
 }
 
 impl LineReader for StreamTranslator {

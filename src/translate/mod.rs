@@ -9,9 +9,38 @@ pub mod a2o;
 pub mod o2a;
 pub mod reasoning;
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::error::{ApiError, Dialect};
+
+/// Appends `v` as compact JSON. Written straight into `out`: `Value`'s `to_string` goes
+/// through `fmt::Display`, which hands the serializer a formatter and costs about three
+/// times as much (a translated stream serialises one value per event).
+fn put_json(out: &mut BytesMut, v: &impl serde::Serialize) {
+    // Writing to memory cannot fail, and every map written here has string keys.
+    let _ = serde_json::to_writer(out.writer(), v);
+}
+
+/// An event's delta, `{"<field>": "<text>", "type": "<kind>"}`, serialised from borrowed
+/// parts: building a `Value` for it cost more than the rest of the event's translation.
+/// The keys come in the order a `Value` map writes them (alphabetical), so the translated
+/// events read alike whichever way they were written.
+struct TextDelta<'a> {
+    field: &'static str,
+    text: &'a str,
+    kind: &'static str,
+}
+
+impl serde::Serialize for TextDelta<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        debug_assert!(self.field < "type");
+        let mut map = s.serialize_map(Some(2))?;
+        map.serialize_entry(self.field, self.text)?;
+        map.serialize_entry("type", self.kind)?;
+        map.end()
+    }
+}
 
 /// Client format → upstream format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -3,6 +3,7 @@
 //! Mapping rules: docs/translation.md.
 
 use bytes::{Bytes, BytesMut};
+use serde::Serialize;
 use serde_json::{json, Map, Value};
 
 use super::ResponseTranslator;
@@ -391,17 +392,27 @@ impl StreamTranslator {
 
     fn data(&mut self, v: &Value) {
         self.out.extend_from_slice(b"data: ");
-        self.out.extend_from_slice(v.to_string().as_bytes());
+        super::put_json(&mut self.out, v);
         self.out.extend_from_slice(b"\n\n");
     }
 
-    fn chunk(&mut self, delta: Value, finish: Option<&str>) {
-        let v = json!({
-            "id": self.id, "object": "chat.completion.chunk", "created": self.created,
-            "model": self.ctx.model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-        });
-        self.data(&v);
+    /// One `chat.completion.chunk` event, serialised from borrowed parts (building a
+    /// `Value` for it cost more than all the rest of the event's translation).
+    fn chunk(&mut self, delta: impl Serialize, finish: Option<&str>) {
+        let chunk = ChunkOut {
+            choices: [ChoiceOut {
+                delta,
+                finish_reason: finish,
+                index: 0,
+            }],
+            created: self.created,
+            id: &self.id,
+            model: &self.ctx.model,
+            object: "chat.completion.chunk",
+        };
+        self.out.extend_from_slice(b"data: ");
+        super::put_json(&mut self.out, &chunk);
+        self.out.extend_from_slice(b"\n\n");
     }
 
     fn merge_usage(&mut self, u: Option<&Value>) {
@@ -440,10 +451,10 @@ impl StreamTranslator {
                 let d = v.get("delta").unwrap_or(&Value::Null);
                 match d.get("type").and_then(Value::as_str) {
                     Some("text_delta") => {
-                        self.chunk(json!({"content": d.get("text")}), None);
+                        self.chunk(One("content", d.get("text")), None);
                     }
                     Some("thinking_delta") => {
-                        self.chunk(json!({"reasoning_content": d.get("thinking")}), None);
+                        self.chunk(One("reasoning_content", d.get("thinking")), None);
                     }
                     Some("input_json_delta") => {
                         let at = v.get("index").and_then(Value::as_u64).unwrap_or(0);
@@ -493,6 +504,36 @@ impl StreamTranslator {
             self.data(&v);
         }
         self.out.extend_from_slice(b"data: [DONE]\n\n");
+    }
+}
+
+/// A `chat.completion.chunk`. Fields in alphabetical order: the order the `Value`s of the
+/// other events are written in, so every event reads alike.
+#[derive(Serialize)]
+struct ChunkOut<'a, D> {
+    choices: [ChoiceOut<'a, D>; 1],
+    created: i64,
+    id: &'a str,
+    model: &'a str,
+    object: &'static str,
+}
+
+#[derive(Serialize)]
+struct ChoiceOut<'a, D> {
+    delta: D,
+    finish_reason: Option<&'a str>,
+    index: u32,
+}
+
+/// A delta of one field, as `{"content": "Hel"}` (`null` when the upstream left it out).
+struct One<'a>(&'static str, Option<&'a Value>);
+
+impl Serialize for One<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(1))?;
+        map.serialize_entry(self.0, &self.1)?;
+        map.end()
     }
 }
 
