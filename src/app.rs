@@ -232,9 +232,9 @@ impl Worker {
 }
 
 /// A serving thread's one-second tick. It writes the thread's buffered log lines. Being
-/// always due within a second, it also spares the thread a self-wake
-/// (an `eventfd` write) per request: tokio wakes its timer when a new timer is due before
-/// every other one, which each request's timeouts are when no other timer is pending.
+/// always due within a second, it also spares the thread a self-wake (an `eventfd` write)
+/// per request: tokio wakes its timer when a new timer is due before every other one, which
+/// each request's timeouts are when no other timer is pending.
 async fn every_second() {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -1,11 +1,11 @@
 //! Logs: text or JSON lines on stderr, with RFC 3339 timestamps.
 //!
-//! A serving thread does not write each `info` or `debug` line as it is made: lines gather in
-//! a buffer of that thread and go out in one `write` once a second, when 64 KB are waiting,
-//! or with the next warning or error, which is written at once. A request so pays no system
-//! call for its log line, even on a lightly loaded gateway. Other threads write their lines
-//! at once. A line is never split; lines
-//! of different serving threads can come out of time order by up to a second.
+//! A serving thread does not write each `info` or `debug` line as it is made: lines gather
+//! in a buffer of that thread and go out in one `write` once a second, when 64 KB are
+//! waiting, or with the next warning or error, which is written at once. A request so pays
+//! no system call for its log line, even on a lightly loaded gateway. Other threads write
+//! their lines at once. A line is never split; lines of different serving threads can come
+//! out of time order by up to a second.
 
 use std::cell::RefCell;
 use std::io::{IsTerminal, Write};

@@ -33,12 +33,8 @@ struct TextDelta<'a> {
 
 impl serde::Serialize for TextDelta<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
         debug_assert!(self.field < "type");
-        let mut map = s.serialize_map(Some(2))?;
-        map.serialize_entry(self.field, self.text)?;
-        map.serialize_entry("type", self.kind)?;
-        map.end()
+        s.collect_map([(self.field, self.text), ("type", self.kind)])
     }
 }
 

@@ -530,10 +530,7 @@ struct One<'a>(&'static str, Option<&'a Value>);
 
 impl Serialize for One<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        let mut map = s.serialize_map(Some(1))?;
-        map.serialize_entry(self.0, &self.1)?;
-        map.end()
+        s.collect_map([(self.0, self.1)])
     }
 }
 
