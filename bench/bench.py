@@ -6,7 +6,7 @@ run, interleaved. Python standard library only; every process it starts is stopp
     bench/run --with-litellm                             the table, with LiteLLM proxy as a target
     bench/run --soak MINUTES                             RSS over a constant stream load
     bench/run --streams N                                N slow streams open at once
-    bench/instructions                                   instructions per request (callgrind)
+    bench/instructions [--scenario S] [--target T]       instructions per request (callgrind)
 
 Everything targets 127.0.0.1 only, and every loop is bounded in count and time.
 """
@@ -251,10 +251,17 @@ general_settings:
     return path
 
 
+def gateway_kind(name, api):
+    """The glmgate configuration behind a target (see `glmgate_conf`); `translated` is glmgate
+    in front of an upstream that speaks only the other format."""
+    return {"glmgate": "plain", "failover": "failover",
+            "translated": "anthropic-only" if api == "openai" else "openai-only"}[name]
+
+
 class Rig:
     """The mock, nginx and glmgate (and LiteLLM if asked), started once for a run."""
 
-    def __init__(self, tmp, procs, mock_args=(), glmgate_prefix=(), litellm=False):
+    def __init__(self, tmp, procs, mock_args=(), glmgate_prefix=(), prefix_kind="plain", litellm=False):
         self.tmp, self.procs = tmp, procs
         self.mock_port, self.nginx_port, self.gg_port = free_port(), free_port(), free_port()
         self.mock = procs.start([GLMGATE, "mock", "--listen", f"127.0.0.1:{self.mock_port}", *mock_args],
@@ -270,7 +277,7 @@ class Rig:
             conf = glmgate_conf(tmp, port, self.mock_port, kind)
             key = subprocess.run([GLMGATE, "keys", "create", "--name", "bench", "--config", conf],
                                  check=True, capture_output=True, text=True).stdout.strip()
-            prefix = glmgate_prefix if kind == "plain" else ()
+            prefix = glmgate_prefix if kind == prefix_kind else ()
             # Every gateway logs as users run it (one `info` line a request), so the rows
             # compare like with like.
             proc = procs.start([*prefix, GLMGATE, "serve", "--config", conf],
@@ -299,8 +306,7 @@ class Rig:
             return (f"http://127.0.0.1:{self.litellm_port}/chat/completions",
                     [f"authorization: Bearer {LITELLM_KEY}", "content-type: application/json"], self.litellm.pid)
         else:
-            kind = {"glmgate": "plain", "failover": "failover",
-                    "translated": "anthropic-only" if api == "openai" else "openai-only"}[name]
+            kind = gateway_kind(name, api)
             port, key, proc = self.gateways[kind]
             pid, gw = proc.pid, True
         if api == "openai":
@@ -532,17 +538,22 @@ def run_instructions(args):
     """Counts in one gateway process under callgrind: a warm-up (connections, caches, the
     usage writer's prepared statements: one-off costs) is run and its counts dropped, then
     `small` and `large` requests are each counted (usage written, counters dumped); the
-    difference over `large − small` requests is the steady-state cost of one request."""
+    difference over `large − small` requests is the steady-state cost of one request.
+    `--scenario` picks the request, `--target translated` the gateway whose upstream
+    speaks only the other format."""
     ensure_tools(need_valgrind=True)
     procs = Procs()
     tmp = tempfile.mkdtemp(prefix="glmgate-cg-")
     out = os.path.join(tmp, "callgrind.out")
     settle = 2.5  # > the usage flush interval (1 s): each window includes its batch write
     try:
-        rig = Rig(tmp, procs, glmgate_prefix=["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"])
-        url, headers, _ = rig.target("glmgate", "openai")
-        body = body_file(tmp, "openai")
-        pid = str(rig.gg.pid)
+        api = SCENARIOS[args.scenario][0]
+        kind = gateway_kind(args.target, api)
+        rig = Rig(tmp, procs, glmgate_prefix=["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"],
+                  prefix_kind=kind)
+        url, headers, proc_pid = rig.target(args.target, api)
+        body = body_file(tmp, args.scenario)
+        pid = str(proc_pid)
 
         def control(*what):
             subprocess.run(["callgrind_control", *what, pid], check=True, capture_output=True)
@@ -554,7 +565,7 @@ def run_instructions(args):
             load(url, headers, body, 1, 0, requests=n)
             time.sleep(settle)
             control(f"--dump={n} requests")
-        procs.stop(rig.gg, timeout=120)
+        procs.stop(rig.gateways[kind][2], timeout=120)
     finally:
         procs.stop_all()
     totals = {}
@@ -563,7 +574,8 @@ def run_instructions(args):
             totals[n] = next(int(l.split()[1]) for l in f if l.startswith(("summary:", "totals:")))
         log(f"{n} requests: {totals[n]:,} instructions in all")
     per = (totals[args.large] - totals[args.small]) / (args.large - args.small)
-    print(f"glmgate executes {per:,.0f} instructions per OpenAI non-stream request "
+    what = f"`{args.scenario}` request" + (", translated," if args.target == "translated" else "")
+    print(f"glmgate executes {per:,.0f} instructions per {what} "
           f"(callgrind, after {args.warmup_requests} warm-up requests; ({args.large} − {args.small} "
           f"requests) difference; auth, accounting and logs on).")
 
@@ -582,6 +594,8 @@ def main():
     ap.add_argument("--small", type=int, default=100)
     ap.add_argument("--large", type=int, default=400)
     ap.add_argument("--warmup-requests", type=int, default=300)
+    ap.add_argument("--scenario", choices=list(SCENARIOS), default="openai", help="for --instructions")
+    ap.add_argument("--target", choices=("glmgate", "translated"), default="glmgate", help="for --instructions")
     ap.add_argument("--with-litellm", action="store_true",
                     help=f"add LiteLLM proxy ({LITELLM_PIN}, installed once into bench/.litellm) as a target")
     args = ap.parse_args()
