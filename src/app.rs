@@ -9,11 +9,12 @@ use std::sync::Arc;
 
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::accounting::{self, Recorder, RecorderHandle};
 use crate::auth::Authenticator;
+use crate::balance::{Balance, Handoff, Placement};
 use crate::config::Settings;
 use crate::store::Store;
 use crate::upstream::pool::LimitUpdate;
@@ -139,23 +140,7 @@ pub async fn serve(
     let listen_addr = listener.local_addr()?;
     let listener = listener.into_std()?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut finished = Vec::with_capacity(workers);
-    for i in 0..workers {
-        let (done_tx, done_rx) = oneshot::channel::<()>();
-        let worker = Worker {
-            index: i,
-            listener: listener.try_clone()?,
-            app: app.clone(),
-            stop: stop_rx.clone(),
-        };
-        std::thread::Builder::new()
-            .name(format!("glmgate-worker-{i}"))
-            .spawn(move || {
-                worker.run();
-                drop(done_tx);
-            })?;
-        finished.push(done_rx);
-    }
+    let finished = spawn_workers(workers, &listener, &app, &stop_rx)?;
     drop(listener);
     tracing::info!(addr = %listen_addr, workers, "glmgate listening");
     crate::upstream::quota::spawn(state.upstream.clone());
@@ -193,12 +178,46 @@ pub async fn serve(
     Ok(())
 }
 
-/// One serving thread: a single-threaded runtime accepting from a clone of the socket.
+/// Starts `workers` serving threads on `listener`; each receiver resolves (with an error)
+/// when its thread has stopped.
+fn spawn_workers(
+    workers: usize,
+    listener: &std::net::TcpListener,
+    app: &axum::Router,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<Vec<oneshot::Receiver<()>>> {
+    let (balance, inboxes) = Balance::new(workers);
+    let mut finished = Vec::with_capacity(workers);
+    for (index, inbox) in inboxes.into_iter().enumerate() {
+        let (done_tx, done_rx) = oneshot::channel::<()>();
+        let worker = Worker {
+            index,
+            listener: listener.try_clone()?,
+            app: app.clone(),
+            stop: stop.clone(),
+            balance: balance.clone(),
+            inbox,
+        };
+        std::thread::Builder::new()
+            .name(format!("glmgate-worker-{index}"))
+            .spawn(move || {
+                worker.run();
+                drop(done_tx);
+            })?;
+        finished.push(done_rx);
+    }
+    Ok(finished)
+}
+
+/// One serving thread: a single-threaded runtime accepting from a clone of the socket, and
+/// serving the connections it accepts or is handed (see [`crate::balance`]).
 struct Worker {
     index: usize,
     listener: std::net::TcpListener,
     app: axum::Router,
     stop: tokio::sync::watch::Receiver<bool>,
+    balance: Arc<Balance>,
+    inbox: mpsc::UnboundedReceiver<Handoff>,
 }
 
 impl Worker {
@@ -225,7 +244,12 @@ impl Worker {
                 }
             };
             tokio::spawn(every_second());
-            accept_loop(listener, self.app, &mut stop).await;
+            let serving = Serving {
+                index: self.index,
+                app: self.app,
+                balance: self.balance,
+            };
+            accept_loop(listener, self.inbox, serving, &mut stop).await;
         });
         crate::logging::flush();
     }
@@ -244,22 +268,41 @@ async fn every_second() {
     }
 }
 
-/// Accepts connections until `stop` turns true, serving each with hyper's HTTP/1.1
-/// connection on a task of this thread; then lets the open connections finish (each
-/// ends after its in-flight request; the caller bounds the wait).
+/// What a serving thread needs to take on a connection.
+struct Serving {
+    index: usize,
+    app: axum::Router,
+    balance: Arc<Balance>,
+}
+
+/// Accepts connections, and takes those other threads hand over, until `stop` turns true,
+/// serving each with hyper's HTTP/1.1 connection on a task of this thread; then lets the
+/// open connections finish (each ends after its in-flight request; the caller bounds the
+/// wait).
 async fn accept_loop(
     listener: TcpListener,
-    app: axum::Router,
+    mut inbox: mpsc::UnboundedReceiver<Handoff>,
+    serving: Serving,
     stop: &mut tokio::sync::watch::Receiver<bool>,
 ) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let http = hyper::server::conn::http1::Builder::new();
     loop {
-        let tcp = tokio::select! {
+        let (tcp, seat) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((tcp, _)) => tcp,
+                Ok((tcp, _)) => match serving.balance.place(serving.index, tcp) {
+                    Placement::Here(tcp, seat) => (tcp, seat),
+                    Placement::Away => continue,
+                },
                 Err(e) => {
                     accept_failed(e).await;
+                    continue;
+                }
+            },
+            Some((std, seat)) = inbox.recv() => match tokio::net::TcpStream::from_std(std) {
+                Ok(tcp) => (tcp, seat),
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot take a handed-over connection");
                     continue;
                 }
             },
@@ -272,12 +315,13 @@ async fn accept_loop(
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
         // The router is shared (reference-counted), not rebuilt per connection.
-        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let service = hyper_util::service::TowerToHyperService::new(serving.app.clone());
         let conn = graceful.watch(http.serve_connection(TokioIo::new(tcp), service));
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "client connection ended with an error");
             }
+            drop(seat);
         });
     }
     drop(listener);
@@ -360,6 +404,68 @@ pub fn termination_signal() -> impl Future<Output = ()> {
         if let Err(e) = tokio::signal::ctrl_c().await {
             tracing::error!(error = %e, "cannot listen for Ctrl-C");
             std::future::pending::<()>().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Which serving thread answers on `tcp` (the test router replies with its name).
+    async fn served_by(tcp: &mut tokio::net::TcpStream) -> String {
+        tcp.write_all(b"GET / HTTP/1.1\r\nhost: t\r\n\r\n")
+            .await
+            .expect("write");
+        let mut got = Vec::new();
+        let mut buf = [0u8; 512];
+        while !got.ends_with(b"-end") {
+            let n = tcp.read(&mut buf).await.expect("read");
+            assert!(n > 0, "connection closed");
+            got.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8(got).expect("utf-8");
+        let body = text.split("\r\n\r\n").nth(1).expect("a body");
+        body.trim_end_matches("-end").to_string()
+    }
+
+    #[tokio::test]
+    async fn connections_are_spread_evenly_over_the_serving_threads() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let addr = listener.local_addr().expect("address");
+        let app = axum::Router::new().route(
+            "/",
+            axum::routing::get(|| async {
+                format!("{}-end", std::thread::current().name().unwrap_or("?"))
+            }),
+        );
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let finished = spawn_workers(2, &listener, &app, &stop_rx).expect("threads");
+        drop(listener);
+        let mut conns = Vec::new();
+        let mut by_thread = std::collections::BTreeMap::<String, usize>::new();
+        for _ in 0..8 {
+            let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            *by_thread.entry(served_by(&mut tcp).await).or_default() += 1;
+            conns.push(tcp);
+        }
+        let expected: std::collections::BTreeMap<String, usize> = [
+            ("glmgate-worker-0".to_string(), 4),
+            ("glmgate-worker-1".to_string(), 4),
+        ]
+        .into();
+        assert_eq!(by_thread, expected);
+        // A connection keeps its thread for all its requests.
+        for tcp in &mut conns {
+            let first = served_by(tcp).await;
+            assert_eq!(served_by(tcp).await, first);
+        }
+        drop(conns);
+        stop_tx.send(true).expect("stop");
+        for done in finished {
+            let _ = done.await;
         }
     }
 }

@@ -12,7 +12,8 @@
 //! | stream the answer back, metering usage as it passes | [`meter`], [`proxy`] |
 //! | record usage in batches | [`accounting`], [`store`] |
 //!
-//! [`app`] assembles the router and serves it; [`config`] loads TOML with env overrides;
+//! [`app`] assembles the router and serves it, [`balance`] spreading connections over the
+//! serving threads; [`config`] loads TOML with env overrides;
 //! [`error`] renders every failure in the caller's own API format; [`logging`] writes log
 //! lines, buffered per serving thread; [`mock`] is the Z.AI-compatible mock upstream used
 //! by tests, the demo and the benchmarks; [`tokens`] counts tokens locally for
@@ -21,6 +22,7 @@
 pub mod accounting;
 pub mod app;
 pub mod auth;
+pub mod balance;
 pub mod cli;
 pub mod config;
 pub mod demo;
