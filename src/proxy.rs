@@ -274,6 +274,7 @@ fn stream_back(
         last_chunk: now,
         trailer: None,
         translator,
+        held: None,
     };
     if body.inner.is_none() && body.first.is_none() {
         body.finished();
@@ -369,6 +370,44 @@ impl Drop for Ledger {
     }
 }
 
+/// The most bytes of ready upstream chunks handed to hyper as one chunk.
+const GATHER_BYTES: usize = 16 * 1024;
+
+/// `chunk` and the chunks `inner` has ready after it, as one chunk of at most
+/// [`GATHER_BYTES`] (none is waited for); what ended the gathering, if it was the end of
+/// the stream or an error, is put in `held`. hyper frames and queues each chunk of a body
+/// separately, and the events of a stream mostly arrive several at once: handed over
+/// together, they leave in one frame, at the cost of copying them.
+fn gather<E>(
+    chunk: Bytes,
+    inner: &mut (impl futures_util::Stream<Item = Result<Bytes, E>> + Unpin),
+    held: &mut Option<Option<Result<Bytes, E>>>,
+    cx: &mut Context<'_>,
+) -> Bytes {
+    let mut gathered: Option<bytes::BytesMut> = None;
+    let mut len = chunk.len();
+    while len < GATHER_BYTES {
+        match inner.poll_next_unpin(cx) {
+            Poll::Ready(Some(Ok(next))) => {
+                len += next.len();
+                gathered
+                    .get_or_insert_with(|| {
+                        let mut all = bytes::BytesMut::with_capacity((4 * len).min(GATHER_BYTES));
+                        all.extend_from_slice(&chunk);
+                        all
+                    })
+                    .extend_from_slice(&next);
+            }
+            Poll::Ready(end) => {
+                *held = Some(end);
+                break;
+            }
+            Poll::Pending => break,
+        }
+    }
+    gathered.map_or(chunk, bytes::BytesMut::freeze)
+}
+
 /// The response body: upstream bytes forwarded as they arrive, each one shown to the meter.
 struct MeteredBody {
     /// Bytes still due when the upstream declared a length: hyper stops polling once it
@@ -389,6 +428,9 @@ struct MeteredBody {
     trailer: Option<Bytes>,
     /// Rewrites upstream bytes into the client's format (translation only).
     translator: Option<Box<dyn ResponseTranslator>>,
+    /// What ended the last gathering of ready chunks (the end of the body or an error),
+    /// handled at the next poll, after the chunks before it were passed on.
+    held: Option<Option<Result<Bytes, hyper::Error>>>,
 }
 
 impl MeteredBody {
@@ -464,14 +506,23 @@ impl Stream for MeteredBody {
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
         if let Some(first) = this.first.take() {
-            return this.pass(first);
+            let chunk = match this.inner.as_mut() {
+                Some(inner) => gather(first, inner, &mut this.held, cx),
+                None => first,
+            };
+            return this.pass(chunk);
         }
         let Some(inner) = this.inner.as_mut() else {
             return this.poll_trailer();
         };
-        match inner.poll_next_unpin(cx) {
+        let polled = match this.held.take() {
+            Some(end) => Poll::Ready(end),
+            None => inner.poll_next_unpin(cx),
+        };
+        match polled {
             Poll::Ready(Some(Ok(chunk))) => {
                 this.last_chunk = tokio::time::Instant::now();
+                let chunk = gather(chunk, inner, &mut this.held, cx);
                 this.pass(chunk)
             }
             Poll::Ready(Some(Err(e))) => this.cut(if e.is_timeout() {
@@ -511,5 +562,73 @@ impl Stream for MeteredBody {
                 }
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::stream::{self, StreamExt};
+
+    type Item = Result<Bytes, &'static str>;
+
+    fn ready_then_pending(items: Vec<Item>) -> impl futures_util::Stream<Item = Item> + Unpin {
+        stream::iter(items).chain(stream::pending())
+    }
+
+    fn gather_now(
+        first: &'static str,
+        inner: &mut (impl futures_util::Stream<Item = Item> + Unpin),
+    ) -> (Bytes, Option<Option<Item>>) {
+        let mut held = None;
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let chunk = gather(
+            Bytes::from_static(first.as_bytes()),
+            inner,
+            &mut held,
+            &mut cx,
+        );
+        (chunk, held)
+    }
+
+    #[test]
+    fn ready_chunks_leave_as_one_and_none_is_waited_for() {
+        let mut inner = ready_then_pending(vec![Ok(Bytes::from("b")), Ok(Bytes::from("c"))]);
+        let (chunk, held) = gather_now("a", &mut inner);
+        assert_eq!(chunk, "abc");
+        assert!(held.is_none());
+    }
+
+    #[test]
+    fn the_end_or_an_error_is_held_for_the_next_poll() {
+        let mut ended = stream::iter(vec![Ok(Bytes::from("b"))]);
+        let (chunk, held) = gather_now("a", &mut ended);
+        assert_eq!(chunk, "ab");
+        assert!(matches!(held, Some(None)));
+
+        let mut failed = ready_then_pending(vec![Err("cut"), Ok(Bytes::from("late"))]);
+        let (chunk, held) = gather_now("a", &mut failed);
+        assert_eq!(chunk, "a");
+        assert!(matches!(held, Some(Some(Err("cut")))));
+    }
+
+    #[test]
+    fn gathering_stops_at_the_bound_and_a_big_chunk_is_not_copied() {
+        let big = Bytes::from(vec![b'x'; GATHER_BYTES / 2]);
+        let mut inner = ready_then_pending(vec![Ok(big.clone()), Ok(big.clone()), Ok(big)]);
+        let (chunk, _) = gather_now("a", &mut inner);
+        assert_eq!(chunk.len(), 1 + GATHER_BYTES);
+        // The third chunk is still in the stream.
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(matches!(
+            inner.poll_next_unpin(&mut cx),
+            Poll::Ready(Some(Ok(_)))
+        ));
+
+        let whole = Bytes::from(vec![b'y'; GATHER_BYTES]);
+        let mut held = None;
+        let mut inner = ready_then_pending(vec![Ok(Bytes::from("next"))]);
+        let chunk = gather(whole.clone(), &mut inner, &mut held, &mut cx);
+        assert_eq!(chunk.as_ptr(), whole.as_ptr());
     }
 }
