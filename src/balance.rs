@@ -56,30 +56,30 @@ impl Balance {
     /// open connections, preferring `here` on a tie. A thread that has stopped is skipped.
     pub fn place(self: &Arc<Self>, here: usize, tcp: tokio::net::TcpStream) -> Placement {
         let there = self.least_loaded(here);
-        if there != here {
-            let seat = self.seat(there);
-            // The stream leaves this thread's event loop; the other thread registers it.
-            match tcp.into_std() {
-                Ok(std) => match self.inboxes[there].send((std, seat)) {
-                    Ok(()) => return Placement::Away,
-                    // That thread stopped since the check: serve the connection here.
-                    Err(mpsc::error::SendError((std, _seat))) => {
-                        match tokio::net::TcpStream::from_std(std) {
-                            Ok(tcp) => return Placement::Here(tcp, self.seat(here)),
-                            Err(e) => {
-                                tracing::debug!(error = %e, "cannot take back a connection");
-                                return Placement::Away;
-                            }
-                        }
-                    }
-                },
-                Err(e) => {
-                    tracing::debug!(error = %e, "cannot hand a connection over");
-                    return Placement::Away;
-                }
+        if there == here {
+            return Placement::Here(tcp, self.seat(here));
+        }
+        // The stream leaves this thread's event loop; the other thread registers it anew.
+        let std = match tcp.into_std() {
+            Ok(std) => std,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot hand a connection over");
+                return Placement::Away;
+            }
+        };
+        let Err(mpsc::error::SendError((std, _seat))) =
+            self.inboxes[there].send((std, self.seat(there)))
+        else {
+            return Placement::Away;
+        };
+        // That thread stopped since the check: the connection is served here.
+        match tokio::net::TcpStream::from_std(std) {
+            Ok(tcp) => Placement::Here(tcp, self.seat(here)),
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot take back a connection");
+                Placement::Away
             }
         }
-        Placement::Here(tcp, self.seat(here))
     }
 
     /// Counts one more connection on `worker`.
