@@ -103,7 +103,8 @@ impl Balance {
     }
 
     /// Open connections per serving thread.
-    pub fn open(&self) -> Vec<usize> {
+    #[cfg(test)]
+    fn open(&self) -> Vec<usize> {
         self.open
             .iter()
             .map(|o| o.load(Ordering::Relaxed))
@@ -124,20 +125,41 @@ mod tests {
         accepted
     }
 
-    #[tokio::test]
-    async fn connections_go_to_the_thread_with_fewest_and_seats_free_them() {
+    /// A listener to make connections on, and a balance of `workers` threads.
+    async fn setup(
+        workers: usize,
+    ) -> (
+        tokio::net::TcpListener,
+        Arc<Balance>,
+        Vec<mpsc::UnboundedReceiver<Handoff>>,
+    ) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
-        let (balance, mut inboxes) = Balance::new(3);
-        // Every connection is accepted by thread 0, as in a burst the kernel gave to one.
+        let (balance, inboxes) = Balance::new(workers);
+        (listener, balance, inboxes)
+    }
+
+    /// Places `n` connections, all accepted by thread 0 (as in a burst the kernel gave to
+    /// one thread); returns the seats of those kept there.
+    async fn place_on_0(
+        balance: &Arc<Balance>,
+        listener: &tokio::net::TcpListener,
+        n: usize,
+    ) -> Vec<Seat> {
         let mut here = Vec::new();
-        for _ in 0..6 {
-            match balance.place(0, pair(&listener).await) {
-                Placement::Here(_, seat) => here.push(seat),
-                Placement::Away => {}
+        for _ in 0..n {
+            if let Placement::Here(_, seat) = balance.place(0, pair(listener).await) {
+                here.push(seat);
             }
         }
+        here
+    }
+
+    #[tokio::test]
+    async fn connections_go_to_the_thread_with_fewest_and_seats_free_them() {
+        let (listener, balance, mut inboxes) = setup(3).await;
+        let mut here = place_on_0(&balance, &listener, 6).await;
         assert_eq!(balance.open(), vec![2, 2, 2]);
         assert_eq!(here.len(), 2);
         let mut away: Vec<Handoff> = Vec::new();
@@ -160,18 +182,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_stopped_thread_gets_no_connections() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let (balance, mut inboxes) = Balance::new(2);
+        let (listener, balance, mut inboxes) = setup(2).await;
         inboxes.pop();
-        let mut seats = Vec::new();
-        for _ in 0..3 {
-            match balance.place(0, pair(&listener).await) {
-                Placement::Here(_, seat) => seats.push(seat),
-                Placement::Away => panic!("handed to a stopped thread"),
-            }
-        }
+        let seats = place_on_0(&balance, &listener, 3).await;
+        assert_eq!(seats.len(), 3, "none handed to the stopped thread");
         assert_eq!(balance.open(), vec![3, 0]);
     }
 }
