@@ -191,12 +191,14 @@ fn spawn_workers(
     for (index, inbox) in inboxes.into_iter().enumerate() {
         let (done_tx, done_rx) = oneshot::channel::<()>();
         let worker = Worker {
-            index,
             listener: listener.try_clone()?,
-            app: app.clone(),
             stop: stop.clone(),
-            balance: balance.clone(),
             inbox,
+            serving: Serving {
+                index,
+                app: app.clone(),
+                balance: balance.clone(),
+            },
         };
         std::thread::Builder::new()
             .name(format!("glmgate-worker-{index}"))
@@ -212,17 +214,16 @@ fn spawn_workers(
 /// One serving thread: a single-threaded runtime accepting from a clone of the socket, and
 /// serving the connections it accepts or is handed (see [`crate::balance`]).
 struct Worker {
-    index: usize,
     listener: std::net::TcpListener,
-    app: axum::Router,
     stop: tokio::sync::watch::Receiver<bool>,
-    balance: Arc<Balance>,
     inbox: mpsc::UnboundedReceiver<Handoff>,
+    serving: Serving,
 }
 
 impl Worker {
     fn run(self) {
-        crate::upstream::client::set_worker(self.index);
+        let index = self.serving.index;
+        crate::upstream::client::set_worker(index);
         crate::logging::buffer_this_thread();
         let runtime = match tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -230,7 +231,7 @@ impl Worker {
         {
             Ok(r) => r,
             Err(e) => {
-                tracing::error!(error = %e, worker = self.index, "cannot start a serving thread");
+                tracing::error!(error = %e, worker = index, "cannot start a serving thread");
                 return;
             }
         };
@@ -239,17 +240,12 @@ impl Worker {
             let listener = match TcpListener::from_std(self.listener) {
                 Ok(l) => l,
                 Err(e) => {
-                    tracing::error!(error = %e, worker = self.index, "cannot listen");
+                    tracing::error!(error = %e, worker = index, "cannot listen");
                     return;
                 }
             };
             tokio::spawn(every_second());
-            let serving = Serving {
-                index: self.index,
-                app: self.app,
-                balance: self.balance,
-            };
-            accept_loop(listener, self.inbox, serving, &mut stop).await;
+            accept_loop(listener, self.inbox, self.serving, &mut stop).await;
         });
         crate::logging::flush();
     }
