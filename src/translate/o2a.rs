@@ -390,12 +390,6 @@ impl StreamTranslator {
         }
     }
 
-    fn data(&mut self, v: &Value) {
-        self.out.extend_from_slice(b"data: ");
-        super::put_json(&mut self.out, v);
-        self.out.extend_from_slice(b"\n\n");
-    }
-
     /// One `chat.completion.chunk` event, serialised from borrowed parts (building a
     /// `Value` for it cost more than all the rest of the event's translation).
     fn chunk(&mut self, delta: impl Serialize, finish: Option<&str>) {
@@ -410,9 +404,7 @@ impl StreamTranslator {
             model: &self.ctx.model,
             object: "chat.completion.chunk",
         };
-        self.out.extend_from_slice(b"data: ");
-        super::put_json(&mut self.out, &chunk);
-        self.out.extend_from_slice(b"\n\n");
+        data(&mut self.out, &chunk);
     }
 
     fn merge_usage(&mut self, u: Option<&Value>) {
@@ -477,11 +469,14 @@ impl StreamTranslator {
             }
             Some("message_stop") => self.end(),
             Some("error") => {
-                let e = v.get("error").cloned().unwrap_or(Value::Null);
-                self.data(&json!({"error": {
-                    "message": e.get("message").and_then(Value::as_str).unwrap_or("upstream error"),
-                    "type": e.get("type").and_then(Value::as_str).unwrap_or("server_error"),
-                }}));
+                let e = v.get("error").unwrap_or(&Value::Null);
+                data(
+                    &mut self.out,
+                    &json!({"error": {
+                        "message": e.get("message").and_then(Value::as_str).unwrap_or("upstream error"),
+                        "type": e.get("type").and_then(Value::as_str).unwrap_or("server_error"),
+                    }}),
+                );
                 self.done = true;
             }
             _ => {}
@@ -501,10 +496,17 @@ impl StreamTranslator {
                 "model": self.ctx.model, "choices": [],
                 "usage": usage(Some(&Value::Object(self.usage.clone()))),
             });
-            self.data(&v);
+            data(&mut self.out, &v);
         }
         self.out.extend_from_slice(b"data: [DONE]\n\n");
     }
+}
+
+/// Appends `v` as one `data:` event.
+fn data(out: &mut BytesMut, v: &impl Serialize) {
+    out.extend_from_slice(b"data: ");
+    super::put_json(out, v);
+    out.extend_from_slice(b"\n\n");
 }
 
 /// A `chat.completion.chunk`. Fields in alphabetical order: the order the `Value`s of the
