@@ -16,6 +16,7 @@ use crate::accounting::{self, Recorder, RecorderHandle};
 use crate::auth::Authenticator;
 use crate::balance::{Balance, Handoff, Placement};
 use crate::config::Settings;
+use crate::routes::Gateway;
 use crate::store::Store;
 use crate::upstream::pool::LimitUpdate;
 use crate::upstream::Upstream;
@@ -136,11 +137,11 @@ pub async fn serve(
     let workers = settings.workers.max(1);
     let (state, recorder) = build_state(settings).await?;
     spawn_reloaders(state.clone());
-    let app = crate::routes::router(state.clone());
+    let gateway = crate::routes::Gateway::new(state.clone());
     let listen_addr = listener.local_addr()?;
     let listener = listener.into_std()?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let finished = spawn_workers(workers, &listener, &app, &stop_rx)?;
+    let finished = spawn_workers(workers, &listener, &gateway, &stop_rx)?;
     drop(listener);
     tracing::info!(addr = %listen_addr, workers, "glmgate listening");
     crate::upstream::quota::spawn(state.upstream.clone());
@@ -183,7 +184,7 @@ pub async fn serve(
 fn spawn_workers(
     workers: usize,
     listener: &std::net::TcpListener,
-    app: &axum::Router,
+    gateway: &Gateway,
     stop: &tokio::sync::watch::Receiver<bool>,
 ) -> std::io::Result<Vec<oneshot::Receiver<()>>> {
     let (balance, inboxes) = Balance::new(workers);
@@ -196,7 +197,7 @@ fn spawn_workers(
             inbox,
             serving: Serving {
                 index,
-                app: app.clone(),
+                gateway: gateway.clone(),
                 balance: balance.clone(),
             },
         };
@@ -267,7 +268,7 @@ async fn every_second() {
 /// What a serving thread needs to take on a connection.
 struct Serving {
     index: usize,
-    app: axum::Router,
+    gateway: Gateway,
     balance: Arc<Balance>,
 }
 
@@ -310,8 +311,12 @@ async fn accept_loop(
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
-        // The router is shared (reference-counted), not rebuilt per connection.
-        let service = hyper_util::service::TowerToHyperService::new(serving.app.clone());
+        // The gateway is shared (reference-counted), not rebuilt per connection.
+        let gateway = serving.gateway.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let gateway = gateway.clone();
+            async move { Ok::<_, std::convert::Infallible>(gateway.serve(req).await) }
+        });
         let conn = graceful.watch(http.serve_connection(TokioIo::new(tcp), service));
         tokio::spawn(async move {
             if let Err(e) = conn.await {
@@ -437,8 +442,17 @@ mod tests {
                 format!("{}-end", std::thread::current().name().unwrap_or("?"))
             }),
         );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let raw = toml::from_str(&format!(
+            "[store]\npath = {:?}\n[upstream]\nkeys = [\"k\"]\n",
+            dir.path().join("t.db")
+        ))
+        .expect("config");
+        let settings = crate::config::validate(raw, None).expect("settings");
+        let (state, _recorder) = build_state(settings).await.expect("state");
+        let gateway = Gateway::with_router(state, app);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let finished = spawn_workers(2, &listener, &app, &stop_rx).expect("threads");
+        let finished = spawn_workers(2, &listener, &gateway, &stop_rx).expect("threads");
         drop(listener);
         let mut conns = Vec::new();
         let mut by_thread = std::collections::BTreeMap::<String, usize>::new();

@@ -6,8 +6,9 @@
 
 use std::sync::Arc;
 
+use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use axum::Json;
@@ -16,6 +17,60 @@ use serde_json::json;
 use crate::app::AppState;
 use crate::error::{ApiError, Dialect};
 use crate::proxy::{self, new_request_id};
+
+/// What a serving thread calls for every request: the two model endpoints go straight to
+/// the proxy; everything else goes through the router.
+///
+/// The model endpoints carry nearly all the traffic, and the router's general matching
+/// costs them six allocations and a few thousand instructions a request (matching the
+/// path, boxing the route's service and future, storing path parameters they have none
+/// of). The router keeps these routes too, so it alone is still the whole surface.
+#[derive(Clone)]
+pub struct Gateway {
+    state: Arc<AppState>,
+    router: axum::Router,
+}
+
+impl Gateway {
+    pub fn new(state: Arc<AppState>) -> Gateway {
+        Gateway {
+            router: router(state.clone()),
+            state,
+        }
+    }
+
+    /// This gateway with `router` for everything but the model endpoints.
+    #[cfg(test)]
+    pub fn with_router(state: Arc<AppState>, router: axum::Router) -> Gateway {
+        Gateway { state, router }
+    }
+
+    pub async fn serve(self, req: axum::http::Request<hyper::body::Incoming>) -> Response {
+        match model_endpoint(req.method(), req.uri().path()) {
+            Some(dialect) => proxy::handle(self.state, dialect, req.map(Body::new)).await,
+            None => {
+                use tower_service::Service as _;
+                let mut router = self.router;
+                match router.call(req).await {
+                    Ok(response) => response,
+                    Err(never) => match never {},
+                }
+            }
+        }
+    }
+}
+
+/// The dialect of a request to a model endpoint, exactly as the router would match it.
+fn model_endpoint(method: &Method, path: &str) -> Option<Dialect> {
+    if method != Method::POST {
+        return None;
+    }
+    match path {
+        "/v1/chat/completions" => Some(Dialect::OpenAi),
+        "/v1/messages" => Some(Dialect::Anthropic),
+        _ => None,
+    }
+}
 
 pub fn router(state: Arc<AppState>) -> axum::Router {
     axum::Router::new()
@@ -333,4 +388,28 @@ fn explain_query(q: &str) -> (Option<String>, Option<String>) {
         }
     }
     (model, api)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_exact_posts_to_the_model_endpoints_skip_the_router() {
+        let post = Method::POST;
+        assert_eq!(
+            model_endpoint(&post, "/v1/chat/completions"),
+            Some(Dialect::OpenAi)
+        );
+        assert_eq!(
+            model_endpoint(&post, "/v1/messages"),
+            Some(Dialect::Anthropic)
+        );
+        // Everything else is the router's: other methods (its 404 in the right dialect),
+        // near-miss paths, and the other endpoints under the same prefixes.
+        assert_eq!(model_endpoint(&Method::GET, "/v1/chat/completions"), None);
+        assert_eq!(model_endpoint(&post, "/v1/chat/completions/"), None);
+        assert_eq!(model_endpoint(&post, "/v1/messages/count_tokens"), None);
+        assert_eq!(model_endpoint(&post, "/v1/models"), None);
+    }
 }
