@@ -88,6 +88,25 @@ fn pool_key(uri: &Uri) -> PoolKey {
     )
 }
 
+/// Makes `req` what an origin server expects (RFC 9112 §3.2): the path and query alone in
+/// the request line, and the host in a `Host` header, which every HTTP/1.1 request must
+/// carry. hyper writes the request line from the URI as it is, and adds no `Host`.
+fn to_origin_form<B>(req: &mut Request<B>) {
+    if let Some(authority) = req.uri().authority() {
+        // Never the `user:password@` part of a URL.
+        let host = authority.as_str().rsplit('@').next().unwrap_or_default();
+        if let Ok(host) = HeaderValue::from_str(host) {
+            req.headers_mut().entry(header::HOST).or_insert(host);
+        }
+    }
+    let path = req
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| axum::http::uri::PathAndQuery::from_static("/"));
+    *req.uri_mut() = Uri::from(path);
+}
+
 #[derive(Clone)]
 pub struct HttpClient {
     inner: Arc<Inner>,
@@ -202,7 +221,9 @@ impl HttpClient {
     /// stream, which also drives the connection.
     pub async fn send(&self, req: Request<Bytes>) -> Result<Response<Driven>, SendError> {
         let key = pool_key(req.uri());
+        let target = req.uri().clone();
         let mut req = req.map(Full::new);
+        to_origin_form(&mut req);
         if let Some(conn) = self.checkout(&key) {
             match self.exchange(key.clone(), conn, req).await {
                 Ok(resp) => return Ok(resp),
@@ -215,7 +236,7 @@ impl HttpClient {
             }
         }
         // Boxed: a new connection is the uncommon path, and its future is large.
-        let link = Box::pin(self.connect(req.uri())).await?;
+        let link = Box::pin(self.connect(&target)).await?;
         self.exchange(key, link, req)
             .await
             .map_err(|e| SendError::Http(e.into_error()))
@@ -360,4 +381,59 @@ pub fn secret_value(s: &str) -> HeaderValue {
     let mut v = HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""));
     v.set_sensitive(true);
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[test]
+    fn an_origin_gets_the_path_in_the_request_line_and_a_host_header() {
+        let uri: Uri = "https://user:secret@api.example.com:8443/api/v4/chat?x=1"
+            .parse()
+            .expect("uri");
+        let mut req = HttpClient::request(Method::POST, &uri, Bytes::new());
+        to_origin_form(&mut req);
+        assert_eq!(req.uri().to_string(), "/api/v4/chat?x=1");
+        assert_eq!(req.headers()[header::HOST], "api.example.com:8443");
+        // A Host the caller set is kept.
+        let mut req = HttpClient::request(Method::GET, &uri, Bytes::new());
+        req.headers_mut()
+            .insert(header::HOST, HeaderValue::from_static("other"));
+        to_origin_form(&mut req);
+        assert_eq!(req.headers()[header::HOST], "other");
+    }
+
+    #[tokio::test]
+    async fn what_reaches_the_upstream_is_an_origin_form_request_with_host() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let server = tokio::spawn(async move {
+            let (mut tcp, _) = listener.accept().await.expect("accept");
+            let mut got = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = tcp.read(&mut buf).await.expect("read");
+                assert!(n > 0, "closed before the head ended");
+                got.extend_from_slice(&buf[..n]);
+            }
+            tcp.write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+                .await
+                .expect("write");
+            String::from_utf8(got).expect("utf-8")
+        });
+        let client = HttpClient::new(Duration::from_secs(5)).expect("client");
+        let uri: Uri = format!("http://{addr}/api/v4/chat").parse().expect("uri");
+        let resp = client
+            .send(HttpClient::request(Method::POST, &uri, Bytes::new()))
+            .await
+            .expect("answer");
+        assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+        let head = server.await.expect("server").to_ascii_lowercase();
+        assert!(head.starts_with("post /api/v4/chat http/1.1\r\n"), "{head}");
+        assert!(head.contains(&format!("\r\nhost: {addr}\r\n")), "{head}");
+    }
 }
