@@ -327,9 +327,11 @@ impl LineReader for SseMeter {
         self.out.events += 1;
         static USAGE: LazyLock<Finder> = LazyLock::new(|| Finder::new(USAGE_KEY));
         static STOP: LazyLock<Finder> = LazyLock::new(|| Finder::new(b"message_stop"));
+        // `message_stop` ends an Anthropic stream; an OpenAI one ends with `[DONE]`, so it
+        // is not looked for there (one search fewer per event).
         let wanted = USAGE.find(payload).is_some()
             || ERROR.find(payload).is_some()
-            || STOP.find(payload).is_some();
+            || (self.dialect == Dialect::Anthropic && STOP.find(payload).is_some());
         if !wanted {
             return;
         }
