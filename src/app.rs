@@ -313,9 +313,12 @@ async fn accept_loop(
         }
         // The gateway is shared (reference-counted), not rebuilt per connection.
         let gateway = serving.gateway.clone();
+        // A request's future is boxed: it is large (4.8 KB), and hyper keeps room for the
+        // service's future for as long as a connection lives, streams included (5,000 open
+        // streams: 179 MB inline, 162 MB boxed; the box costs ~1,700 instructions).
         let service = hyper::service::service_fn(move |req| {
             let gateway = gateway.clone();
-            async move { Ok::<_, std::convert::Infallible>(gateway.serve(req).await) }
+            Box::pin(async move { Ok::<_, std::convert::Infallible>(gateway.serve(req).await) })
         });
         let conn = graceful.watch(http.serve_connection(TokioIo::new(tcp), service));
         tokio::spawn(async move {
