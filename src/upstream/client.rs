@@ -88,17 +88,35 @@ fn pool_key(uri: &Uri) -> PoolKey {
     )
 }
 
-/// Makes `req` what an origin server expects (RFC 9112 §3.2): the path and query alone in
-/// the request line, and the host in a `Host` header, which every HTTP/1.1 request must
-/// carry. hyper writes the request line from the URI as it is, and adds no `Host`.
-fn to_origin_form<B>(req: &mut Request<B>) {
-    if let Some(authority) = req.uri().authority() {
-        // Never the `user:password@` part of a URL.
-        let host = authority.as_str().rsplit('@').next().unwrap_or_default();
-        if let Ok(host) = HeaderValue::from_str(host) {
-            req.headers_mut().entry(header::HOST).or_insert(host);
-        }
+/// An upstream URL, parsed once at configuration time, with the `Host` header that
+/// every HTTP/1.1 request to it must carry (RFC 9112 §3.2): built here, not per request.
+#[derive(Clone, Debug)]
+pub struct Endpoint {
+    uri: Uri,
+    host: HeaderValue,
+}
+
+impl Endpoint {
+    /// `None` for a URI without a host.
+    pub fn new(uri: Uri) -> Option<Endpoint> {
+        let host = host_of(&uri)?;
+        Some(Endpoint { uri, host })
     }
+
+    pub fn uri(&self) -> &Uri {
+        &self.uri
+    }
+}
+
+/// The `Host` value for `uri`: its authority without any `user:password@`.
+fn host_of(uri: &Uri) -> Option<HeaderValue> {
+    let authority = uri.authority()?.as_str();
+    HeaderValue::from_str(authority.rsplit('@').next().unwrap_or_default()).ok()
+}
+
+/// Puts the path and query alone in the request line (origin-form): hyper writes the URI as
+/// it is, and a full URL there is what a proxy gets, not an origin server.
+fn to_origin_form<B>(req: &mut Request<B>) {
     let path = req
         .uri()
         .path_and_query()
@@ -149,13 +167,15 @@ impl HttpClient {
         })
     }
 
-    /// A request with the gateway's user agent; the caller adds the rest of the headers.
-    pub fn request(method: Method, uri: &Uri, body: Bytes) -> Request<Bytes> {
+    /// A request to `endpoint` with the gateway's user agent and the endpoint's `Host`;
+    /// the caller adds the rest of the headers.
+    pub fn request(method: Method, endpoint: &Endpoint, body: Bytes) -> Request<Bytes> {
         let mut req = Request::new(body);
         *req.method_mut() = method;
-        *req.uri_mut() = uri.clone();
-        req.headers_mut()
-            .insert(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
+        *req.uri_mut() = endpoint.uri.clone();
+        let h = req.headers_mut();
+        h.insert(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
+        h.insert(header::HOST, endpoint.host.clone());
         req
     }
 
@@ -217,8 +237,9 @@ impl HttpClient {
         Ok(Box::new(Link { sender, conn }))
     }
 
-    /// Sends a request and returns the answer's head; its body is read from the returned
-    /// stream, which also drives the connection.
+    /// Sends a request made by [`HttpClient::request`] (which gives it its `Host`) and
+    /// returns the answer's head; its body is read from the returned stream, which also
+    /// drives the connection.
     pub async fn send(&self, req: Request<Bytes>) -> Result<Response<Driven>, SendError> {
         let key = pool_key(req.uri());
         let target = req.uri().clone();
@@ -393,16 +414,12 @@ mod tests {
         let uri: Uri = "https://user:secret@api.example.com:8443/api/v4/chat?x=1"
             .parse()
             .expect("uri");
-        let mut req = HttpClient::request(Method::POST, &uri, Bytes::new());
+        let endpoint = Endpoint::new(uri).expect("endpoint");
+        let mut req = HttpClient::request(Method::POST, &endpoint, Bytes::new());
+        assert_eq!(req.headers()[header::HOST], "api.example.com:8443");
         to_origin_form(&mut req);
         assert_eq!(req.uri().to_string(), "/api/v4/chat?x=1");
-        assert_eq!(req.headers()[header::HOST], "api.example.com:8443");
-        // A Host the caller set is kept.
-        let mut req = HttpClient::request(Method::GET, &uri, Bytes::new());
-        req.headers_mut()
-            .insert(header::HOST, HeaderValue::from_static("other"));
-        to_origin_form(&mut req);
-        assert_eq!(req.headers()[header::HOST], "other");
+        assert!(Endpoint::new(Uri::from_static("/no/host")).is_none());
     }
 
     #[tokio::test]
@@ -427,8 +444,9 @@ mod tests {
         });
         let client = HttpClient::new(Duration::from_secs(5)).expect("client");
         let uri: Uri = format!("http://{addr}/api/v4/chat").parse().expect("uri");
+        let endpoint = Endpoint::new(uri).expect("endpoint");
         let resp = client
-            .send(HttpClient::request(Method::POST, &uri, Bytes::new()))
+            .send(HttpClient::request(Method::POST, &endpoint, Bytes::new()))
             .await
             .expect("answer");
         assert_eq!(resp.status(), StatusCode::NO_CONTENT);

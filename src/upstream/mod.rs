@@ -18,12 +18,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use bytes::{Bytes, BytesMut};
 use futures_util::stream::{BoxStream, StreamExt};
 use tokio::sync::mpsc;
 
-use client::HttpClient;
+use client::{Endpoint, HttpClient};
 
 use crate::config::{Policy, UpstreamSettings};
 use crate::error::{ApiError, Dialect};
@@ -382,7 +382,7 @@ impl Upstream {
             answer: None,
             error: ApiError::UpstreamInvalid(why.to_string()),
         };
-        let Some(uri) = target.provider.endpoint(dialect) else {
+        let Some(endpoint) = target.provider.endpoint(dialect) else {
             return Err(Failed {
                 failure: Failure::transport(),
                 answer: None,
@@ -392,14 +392,14 @@ impl Upstream {
                 )),
             });
         };
-        let req = build(uri, target, dialect, client_headers, body);
+        let req = build(endpoint, target, dialect, client_headers, body);
         let resp = match tokio::time::timeout_at(deadline, self.client.send(req)).await {
             Err(_) => return Err(timeout()),
             Ok(Err(e)) => {
                 return Err(Failed {
                     failure: Failure::transport(),
                     answer: None,
-                    error: ApiError::UpstreamUnreachable(client::describe(&e, uri)),
+                    error: ApiError::UpstreamUnreachable(client::describe(&e, endpoint.uri())),
                 })
             }
             Ok(Ok(r)) => r,
@@ -485,13 +485,13 @@ impl Upstream {
 /// The upstream request: the client's body, its `Accept` and (Anthropic) version headers,
 /// and the key in the provider's scheme.
 fn build(
-    uri: &Uri,
+    endpoint: &Endpoint,
     target: &Target,
     dialect: Dialect,
     client_headers: &HeaderMap,
     body: Bytes,
 ) -> axum::http::Request<Bytes> {
-    let mut req = HttpClient::request(Method::POST, uri, body);
+    let mut req = HttpClient::request(Method::POST, endpoint, body);
     let h = req.headers_mut();
     h.insert(
         header::CONTENT_TYPE,

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use axum::http::{header, HeaderMap, HeaderValue, Uri};
+use axum::http::{header, HeaderMap, HeaderValue};
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -20,6 +20,7 @@ use url::Url;
 
 use super::aimd::{Aimd, Change};
 use super::classify::{Class, Classifier, Failure};
+use super::client::Endpoint;
 use crate::config::{AccountSettings, AnthropicAuth, Policy, Secret, UpstreamSettings};
 use crate::error::{ApiError, Dialect};
 
@@ -29,15 +30,15 @@ const MINUTE: Duration = Duration::from_secs(60);
 #[derive(Debug)]
 pub struct Provider {
     pub name: String,
-    pub openai: Option<Uri>,
-    pub anthropic: Option<Uri>,
+    pub openai: Option<Endpoint>,
+    pub anthropic: Option<Endpoint>,
     pub anthropic_auth: AnthropicAuth,
     /// `{anthropic base}/v1/messages/count_tokens`, when the provider is asked for counts.
-    pub count_tokens: Option<Uri>,
+    pub count_tokens: Option<Endpoint>,
 }
 
 impl Provider {
-    pub fn endpoint(&self, dialect: Dialect) -> Option<&Uri> {
+    pub fn endpoint(&self, dialect: Dialect) -> Option<&Endpoint> {
         match dialect {
             Dialect::OpenAi => self.openai.as_ref(),
             Dialect::Anthropic => self.anthropic.as_ref(),
@@ -956,8 +957,8 @@ impl Pool {
                     .collect();
                 json!({
                     "provider": p.name,
-                    "openai_endpoint": p.openai.as_ref().map(Uri::to_string),
-                    "anthropic_endpoint": p.anthropic.as_ref().map(Uri::to_string),
+                    "openai_endpoint": p.openai.as_ref().map(|e| e.uri().to_string()),
+                    "anthropic_endpoint": p.anthropic.as_ref().map(|e| e.uri().to_string()),
                     "accounts": accounts,
                 })
             })
@@ -967,10 +968,11 @@ impl Pool {
 }
 
 /// An endpoint under a base URL, parsed once here rather than on every request.
-fn join(base: &Url, suffix: &str) -> Option<Uri> {
+fn join(base: &Url, suffix: &str) -> Option<Endpoint> {
     format!("{}{suffix}", base.as_str().trim_end_matches('/'))
         .parse()
         .ok()
+        .and_then(Endpoint::new)
 }
 
 fn jitter(d: Duration) -> Duration {
@@ -1310,7 +1312,9 @@ mod tests {
         let pool = Pool::build(&settings(&[]), None, &HashMap::new(), None);
         let p = &pool.providers[0];
         assert_eq!(
-            p.endpoint(Dialect::OpenAi).map(Uri::to_string).as_deref(),
+            p.endpoint(Dialect::OpenAi)
+                .map(|e| e.uri().to_string())
+                .as_deref(),
             Some("http://127.0.0.1:9/v4/chat/completions")
         );
         assert!(p.endpoint(Dialect::Anthropic).is_none());

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use super::client::HttpClient;
+use super::client::{Endpoint, HttpClient};
 use super::pool::{Provider, QuotaReading};
 use super::Upstream;
 
@@ -62,14 +62,15 @@ async fn poll_once(upstream: &Upstream) {
 }
 
 /// The monitor on the host of the provider's OpenAI (else Anthropic) endpoint.
-fn monitor_uri(p: &Provider) -> Option<Uri> {
-    let base = p.openai.as_ref().or(p.anthropic.as_ref())?;
+fn monitor_uri(p: &Provider) -> Option<Endpoint> {
+    let base = p.openai.as_ref().or(p.anthropic.as_ref())?.uri();
     Uri::builder()
         .scheme(base.scheme()?.clone())
         .authority(base.authority()?.clone())
         .path_and_query(QUOTA_PATH)
         .build()
         .ok()
+        .and_then(Endpoint::new)
 }
 
 /// Reads the monitor's answer; `None` when it has no usable limit.
