@@ -346,6 +346,21 @@ async fn accept_failed(e: std::io::Error) {
     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
 }
 
+/// The state of a gateway for unit tests: its store in a temporary directory (kept while
+/// the returned directory lives), one upstream key, defaults for the rest.
+#[cfg(test)]
+pub(crate) async fn test_state() -> (tempfile::TempDir, Arc<AppState>, RecorderHandle) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let raw = toml::from_str(&format!(
+        "[store]\npath = {:?}\n[upstream]\nkeys = [\"k\"]\n",
+        dir.path().join("t.db")
+    ))
+    .expect("config");
+    let settings = crate::config::validate(raw, None).expect("settings");
+    let (state, recorder) = build_state(settings).await.expect("state");
+    (dir, state, recorder)
+}
+
 /// A gateway running on a background task (tests, the demo).
 pub struct Running {
     pub addr: SocketAddr,
@@ -445,14 +460,7 @@ mod tests {
                 format!("{}-end", std::thread::current().name().unwrap_or("?"))
             }),
         );
-        let dir = tempfile::tempdir().expect("tempdir");
-        let raw = toml::from_str(&format!(
-            "[store]\npath = {:?}\n[upstream]\nkeys = [\"k\"]\n",
-            dir.path().join("t.db")
-        ))
-        .expect("config");
-        let settings = crate::config::validate(raw, None).expect("settings");
-        let (state, _recorder) = build_state(settings).await.expect("state");
+        let (_dir, state, _recorder) = test_state().await;
         let gateway = Gateway::with_router(state, app);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let finished = spawn_workers(2, &listener, &gateway, &stop_rx).expect("threads");

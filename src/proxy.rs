@@ -660,14 +660,7 @@ mod tests {
             }
         }
 
-        let dir = tempfile::tempdir().expect("tempdir");
-        let raw = toml::from_str(&format!(
-            "[store]\npath = {:?}\n[upstream]\nkeys = [\"k\"]\n",
-            dir.path().join("t.db")
-        ))
-        .expect("config");
-        let settings = crate::config::validate(raw, None).expect("settings");
-        let (state, _recorder) = crate::app::build_state(settings).await.expect("state");
+        let (_dir, state, _recorder) = crate::app::test_state().await;
         let events = [
             "data: {\"n\":1}\n\n",
             "data: {\"n\":2}\n\n",
