@@ -115,14 +115,15 @@ fn host_of(uri: &Uri) -> Option<HeaderValue> {
 }
 
 /// Puts the path and query alone in the request line (origin-form): hyper writes the URI as
-/// it is, and a full URL there is what a proxy gets, not an origin server.
-fn to_origin_form<B>(req: &mut Request<B>) {
+/// it is, and a full URL there is what a proxy gets, not an origin server. Returns the full
+/// URI it replaced (where to connect).
+fn to_origin_form<B>(req: &mut Request<B>) -> Uri {
     let path = req
         .uri()
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| axum::http::uri::PathAndQuery::from_static("/"));
-    *req.uri_mut() = Uri::from(path);
+    std::mem::replace(req.uri_mut(), Uri::from(path))
 }
 
 #[derive(Clone)]
@@ -242,9 +243,8 @@ impl HttpClient {
     /// drives the connection.
     pub async fn send(&self, req: Request<Bytes>) -> Result<Response<Driven>, SendError> {
         let key = pool_key(req.uri());
-        let target = req.uri().clone();
         let mut req = req.map(Full::new);
-        to_origin_form(&mut req);
+        let target = to_origin_form(&mut req);
         if let Some(conn) = self.checkout(&key) {
             match self.exchange(key.clone(), conn, req).await {
                 Ok(resp) => return Ok(resp),
@@ -417,8 +417,9 @@ mod tests {
         let endpoint = Endpoint::new(uri).expect("endpoint");
         let mut req = HttpClient::request(Method::POST, &endpoint, Bytes::new());
         assert_eq!(req.headers()[header::HOST], "api.example.com:8443");
-        to_origin_form(&mut req);
+        let full = to_origin_form(&mut req);
         assert_eq!(req.uri().to_string(), "/api/v4/chat?x=1");
+        assert_eq!(full.authority().map(|a| a.host()), Some("api.example.com"));
         assert!(Endpoint::new(Uri::from_static("/no/host")).is_none());
     }
 
