@@ -1,18 +1,18 @@
 //! Usage records and the batched writer that stores them.
 //!
-//! Records go into a bounded buffer (the request path never waits on the database); one task
-//! writes them in a transaction every `flush_interval`, or as soon as `batch_size` are
-//! waiting. A crash loses at most one interval; [`RecorderHandle::shutdown`] drains the buffer, so a clean
-//! shutdown loses nothing.
+//! Records go into a bounded buffer (the request path never waits on the database); one
+//! thread of its own writes them in a transaction every `flush_interval`, or as soon as
+//! `batch_size` are waiting. A crash loses at most one interval; [`RecorderHandle::shutdown`]
+//! drains the buffer, so a clean shutdown loses nothing.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
 
-use tokio::sync::{oneshot, Notify};
-use tokio::task::JoinHandle;
+use tokio::sync::oneshot;
 
 use crate::config::AccountingSettings;
 use crate::meter::Usage;
-use crate::store::Store;
+use crate::store::{Store, UsageWriter};
 
 /// How a request ended, for accounting and logs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,111 +67,232 @@ pub struct UsageRecord {
 /// request.
 #[derive(Debug)]
 pub struct Recorder {
-    buffer: Mutex<Vec<UsageRecord>>,
-    full: Notify,
+    buffer: Mutex<Buffer>,
+    /// Signalled when a batch is full or the writer is asked to stop.
+    wake: Condvar,
     batch_size: usize,
     capacity: usize,
+}
+
+#[derive(Debug, Default)]
+struct Buffer {
+    records: Vec<UsageRecord>,
+    stop: bool,
 }
 
 impl Recorder {
     pub fn record(&self, record: UsageRecord) {
         let mut buffer = self.lock();
-        if buffer.len() >= self.capacity {
+        if buffer.records.len() >= self.capacity {
             drop(buffer);
             tracing::error!("usage buffer full; a usage record was lost");
             return;
         }
-        buffer.push(record);
-        if buffer.len() == self.batch_size {
-            self.full.notify_one();
+        buffer.records.push(record);
+        if buffer.records.len() == self.batch_size {
+            self.wake.notify_one();
         }
-    }
-
-    fn take(&self) -> Vec<UsageRecord> {
-        std::mem::take(&mut *self.lock())
     }
 
     /// The buffer, even after a panic elsewhere poisoned the lock: a `Vec` of records is
     /// never left half-updated by `push` or `take`, so the records in it are still good.
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<UsageRecord>> {
+    fn lock(&self) -> MutexGuard<'_, Buffer> {
         self.buffer
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+
+    /// Waits until a batch is full, the writer is asked to stop, or `interval` has passed;
+    /// then takes what is buffered, and says whether to stop.
+    fn next_batch(&self, interval: Duration) -> (Vec<UsageRecord>, bool) {
+        let buffer = self.lock();
+        let (mut buffer, _) = self
+            .wake
+            .wait_timeout_while(buffer, interval, |b| {
+                !b.stop && b.records.len() < self.batch_size
+            })
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        (std::mem::take(&mut buffer.records), buffer.stop)
+    }
+
+    fn stop(&self) {
+        self.lock().stop = true;
+        self.wake.notify_one();
+    }
 }
 
-/// Owns the writer task; call [`RecorderHandle::shutdown`] to drain it.
+/// Owns the writer thread; call [`RecorderHandle::shutdown`] to drain it. Dropped without
+/// that, it still stops the thread (after one last write).
 pub struct RecorderHandle {
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<()>,
+    recorder: Arc<Recorder>,
+    done: Option<oneshot::Receiver<()>>,
 }
 
 impl RecorderHandle {
     /// Writes everything buffered and returns when it is stored. Records made after this
     /// (by responses still being torn down) stay in the buffer and are lost.
-    pub async fn shutdown(self) {
-        let _ = self.stop.send(());
-        if let Err(e) = self.task.await {
-            tracing::error!(error = %e, "usage writer task failed");
+    pub async fn shutdown(mut self) {
+        self.recorder.stop();
+        if let Some(done) = self.done.take() {
+            if done.await.is_err() {
+                tracing::error!("usage writer thread failed");
+            }
         }
     }
 }
 
-pub fn start(store: Store, settings: &AccountingSettings) -> (Arc<Recorder>, RecorderHandle) {
+impl Drop for RecorderHandle {
+    fn drop(&mut self) {
+        self.recorder.stop();
+    }
+}
+
+/// Starts the writer thread on its own connection to `store`.
+pub fn start(
+    store: &Store,
+    settings: &AccountingSettings,
+) -> anyhow::Result<(Arc<Recorder>, RecorderHandle)> {
     let recorder = Arc::new(Recorder {
-        buffer: Mutex::new(Vec::with_capacity(settings.batch_size)),
-        full: Notify::new(),
+        buffer: Mutex::new(Buffer {
+            records: Vec::with_capacity(settings.batch_size),
+            stop: false,
+        }),
+        wake: Condvar::new(),
         batch_size: settings.batch_size,
         capacity: settings.queue_capacity,
     });
-    let (stop_tx, stop_rx) = oneshot::channel();
-    let task = tokio::spawn(write_loop(
-        store,
+    let mut writer = store.usage_writer()?;
+    let (done_tx, done_rx) = oneshot::channel();
+    let interval = settings.flush_interval;
+    let shared = recorder.clone();
+    std::thread::Builder::new()
+        .name("glmgate-usage".into())
+        .spawn(move || {
+            loop {
+                let (batch, stop) = shared.next_batch(interval);
+                flush(&mut writer, batch);
+                if stop {
+                    break;
+                }
+            }
+            let _ = done_tx.send(());
+        })?;
+    Ok((
         recorder.clone(),
-        stop_rx,
-        settings.flush_interval,
-    ));
-    (
-        recorder,
         RecorderHandle {
-            stop: stop_tx,
-            task,
+            recorder,
+            done: Some(done_rx),
         },
-    )
+    ))
 }
 
-async fn write_loop(
-    store: Store,
-    recorder: Arc<Recorder>,
-    mut stop: oneshot::Receiver<()>,
-    interval: std::time::Duration,
-) {
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = recorder.full.notified() => {}
-            _ = &mut stop => break,
-        }
-        flush(&store, recorder.take()).await;
-    }
-    flush(&store, recorder.take()).await;
-}
-
-async fn flush(store: &Store, batch: Vec<UsageRecord>) {
+fn flush(writer: &mut UsageWriter, batch: Vec<UsageRecord>) {
     if batch.is_empty() {
         return;
     }
     // One retry: SQLite can be briefly busy (another process running `glmgate keys`).
     for attempt in 0..2 {
-        match store.insert_usage(&batch).await {
+        match writer.insert(&batch) {
             Ok(()) => return,
             Err(e) if attempt == 0 => {
                 tracing::warn!(error = %e, "usage batch write failed; retrying");
-                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                std::thread::sleep(Duration::from_millis(200));
             }
             Err(e) => tracing::error!(error = %e, records = batch.len(), "usage batch lost"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::NewKey;
+
+    async fn store_with_key() -> (tempfile::TempDir, Store, i64) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("t.db")).await.expect("open");
+        let key_id = store
+            .insert_key(&NewKey {
+                name: "t",
+                key_hash: "h",
+                key_prefix: "p",
+                created_at: 0,
+                expires_at: None,
+                models: None,
+                force_model: None,
+                reasoning: None,
+            })
+            .await
+            .expect("key");
+        (dir, store, key_id)
+    }
+
+    fn record(key_id: i64, i: usize) -> UsageRecord {
+        UsageRecord {
+            ts_ms: i as i64,
+            request_id: format!("r{i}"),
+            key_id,
+            api: "openai",
+            model: "glm-4.7".into(),
+            stream: false,
+            status: 200,
+            outcome: Outcome::Ok,
+            usage: Usage::default(),
+            estimated: false,
+            latency_ms: 1,
+            ttfb_ms: None,
+            account: None,
+        }
+    }
+
+    fn settings(batch_size: usize) -> AccountingSettings {
+        AccountingSettings {
+            // Never due during a test: only a full batch or a shutdown makes a write.
+            flush_interval: Duration::from_secs(3600),
+            batch_size,
+            queue_capacity: 100,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_batch_is_written_without_waiting_for_the_interval() {
+        let (_dir, store, key_id) = store_with_key().await;
+        let (recorder, handle) = start(&store, &settings(3)).expect("start");
+        // Let the writer reach its wait first, so that only the full batch can wake it.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        for i in 0..3 {
+            recorder.record(record(key_id, i));
+        }
+        let mut rows = 0;
+        for _ in 0..500 {
+            rows = store.usage_rows().await.expect("rows").len();
+            if rows == 3 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(rows, 3, "the full batch was written");
+        recorder.record(record(key_id, 3));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            store.usage_rows().await.expect("rows").len(),
+            3,
+            "one record waits"
+        );
+        handle.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn shutdown_writes_what_is_buffered_and_the_buffer_is_bounded() {
+        let (_dir, store, key_id) = store_with_key().await;
+        let mut s = settings(1000);
+        s.queue_capacity = 5;
+        let (recorder, handle) = start(&store, &s).expect("start");
+        for i in 0..7 {
+            recorder.record(record(key_id, i));
+        }
+        handle.shutdown().await;
+        let rows = store.usage_rows().await.expect("rows");
+        assert_eq!(rows.len(), 5, "the first five were kept, two refused");
     }
 }

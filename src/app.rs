@@ -33,7 +33,7 @@ pub struct AppState {
 
 pub async fn build_state(settings: Settings) -> anyhow::Result<(Arc<AppState>, RecorderHandle)> {
     let store = Store::open(&settings.store_path).await?;
-    let (recorder, recorder_handle) = accounting::start(store.clone(), &settings.accounting);
+    let (recorder, recorder_handle) = accounting::start(&store, &settings.accounting)?;
     let restored = store.load_limits().await?;
     if !restored.is_empty() {
         tracing::info!(

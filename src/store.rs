@@ -1,14 +1,16 @@
 //! Embedded SQLite store: client keys and usage records, behind a schema managed by
 //! migrations compiled into the binary.
 //!
-//! Atomicity: each call is one statement or one transaction; `insert_usage` writes a whole
-//! batch or nothing.
+//! Atomicity: each call is one statement or one transaction; [`UsageWriter::insert`] writes
+//! a whole batch or nothing.
+//!
+//! Usage rows are written by the accounting thread through a connection of its own
+//! ([`UsageWriter`], rusqlite, synchronous); everything else goes through sqlx's pool.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
@@ -114,9 +116,7 @@ pub struct ModelStats {
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: SqlitePool,
-    /// One connection for usage batches: its statement cache holds the few usage INSERTs,
-    /// so each is prepared once per process rather than once per pooled connection.
-    usage_writer: SqlitePool,
+    path: PathBuf,
 }
 
 impl Store {
@@ -134,13 +134,15 @@ impl Store {
             .await
             .map_err(|e| anyhow::anyhow!("cannot open store {}: {e}", path.display()))?;
         Migrator::new(Embedded).await?.run(&pool).await?;
-        // Connects on first use: `keys` commands never write usage. It only appends, which
-        // touches the last pages of the table and its index: a 256 KB page cache, not
-        // SQLite's default 2 MB, which it would otherwise fill as the table grows.
-        let usage_writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_lazy_with(options.pragma("cache_size", "-256"));
-        Ok(Store { pool, usage_writer })
+        Ok(Store {
+            pool,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// A connection that writes usage records, for the one thread that does.
+    pub fn usage_writer(&self) -> anyhow::Result<UsageWriter> {
+        UsageWriter::open(&self.path)
     }
 
     pub async fn ping(&self) -> bool {
@@ -202,45 +204,6 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected())
-    }
-
-    /// Writes a batch of usage records in one transaction, on the store's one usage
-    /// connection. Rows go in multi-row statements of 1, 4, 16 or 64 rows, so there are four
-    /// distinct statements, each prepared once and then reused from that connection's
-    /// statement cache (SQLite takes ~20k instructions to parse each row of a multi-row
-    /// INSERT, several times what inserting it costs). sqlx runs SQLite on its own thread, so
-    /// few statements also means few cross-thread round trips: at most nine plus one per 64
-    /// rows.
-    pub async fn insert_usage(&self, batch: &[UsageRecord]) -> sqlx::Result<()> {
-        let mut tx = self.usage_writer.begin().await?;
-        let mut rest = batch;
-        while !rest.is_empty() {
-            let size = statement_rows(rest.len());
-            let (rows, tail) = rest.split_at(size);
-            rest = tail;
-            let mut q = sqlx::query(usage_insert_sql(size));
-            for r in rows {
-                q = q
-                    .bind(r.ts_ms)
-                    .bind(&r.request_id)
-                    .bind(r.key_id)
-                    .bind(r.api)
-                    .bind(&r.model)
-                    .bind(r.stream)
-                    .bind(i64::from(r.status))
-                    .bind(r.outcome.as_str())
-                    .bind(r.usage.input_tokens as i64)
-                    .bind(r.usage.output_tokens as i64)
-                    .bind(r.usage.cached_tokens as i64)
-                    .bind(r.usage.reasoning_tokens as i64)
-                    .bind(r.estimated)
-                    .bind(r.latency_ms as i64)
-                    .bind(r.ttfb_ms.map(|v| v as i64))
-                    .bind(r.account.as_deref());
-            }
-            q.persistent(true).execute(&mut *tx).await?;
-        }
-        tx.commit().await
     }
 
     pub async fn key_stats(&self, key_id: i64) -> sqlx::Result<KeyStats> {
@@ -347,8 +310,66 @@ impl Store {
     }
 
     pub async fn close(&self) {
-        self.usage_writer.close().await;
         self.pool.close().await;
+    }
+}
+
+/// The usage table's writer: a SQLite connection of its own, used synchronously by the
+/// accounting thread. A batch is one transaction of single-row INSERTs through one
+/// prepared statement, with no thread hand-off per statement (through sqlx, a batch took
+/// some sixty context switches between its runtime and its SQLite thread).
+pub struct UsageWriter {
+    conn: rusqlite::Connection,
+}
+
+const USAGE_INSERT: &str = "INSERT INTO usage_records (ts_ms, request_id, key_id, api, model, \
+    stream, status, outcome, input_tokens, output_tokens, cached_tokens, reasoning_tokens, \
+    estimated, latency_ms, ttfb_ms, upstream) \
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)";
+
+impl UsageWriter {
+    /// Opens the store's database (already migrated by [`Store::open`]) for writing usage.
+    pub fn open(path: &Path) -> anyhow::Result<UsageWriter> {
+        let conn = rusqlite::Connection::open(path)
+            .map_err(|e| anyhow::anyhow!("cannot open store {}: {e}", path.display()))?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        // The same settings as the pool's connections. It only appends, which touches the
+        // last pages of the table and its index: a 256 KB page cache, not SQLite's default
+        // 2 MB, which it would otherwise fill as the table grows.
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+             PRAGMA foreign_keys = ON; PRAGMA cache_size = -256;",
+        )?;
+        Ok(UsageWriter { conn })
+    }
+
+    /// Writes a batch of usage records in one transaction: all of them or none.
+    pub fn insert(&mut self, batch: &[UsageRecord]) -> rusqlite::Result<()> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut insert = tx.prepare_cached(USAGE_INSERT)?;
+            for r in batch {
+                insert.execute(rusqlite::params![
+                    r.ts_ms,
+                    r.request_id,
+                    r.key_id,
+                    r.api,
+                    r.model,
+                    r.stream,
+                    r.status,
+                    r.outcome.as_str(),
+                    r.usage.input_tokens as i64,
+                    r.usage.output_tokens as i64,
+                    r.usage.cached_tokens as i64,
+                    r.usage.reasoning_tokens as i64,
+                    r.estimated,
+                    r.latency_ms as i64,
+                    r.ttfb_ms.map(|v| v as i64),
+                    r.account.as_deref(),
+                ])?;
+            }
+        }
+        tx.commit()
     }
 }
 
@@ -366,56 +387,13 @@ fn key_row(r: &sqlx::sqlite::SqliteRow) -> sqlx::Result<KeyRow> {
     })
 }
 
-/// The text of the usage INSERT for `rows` rows (1, 4, 16 or 64), built once per size:
-/// formatting a thousand placeholders on every flush cost more than the insert.
-fn usage_insert_sql(rows: usize) -> &'static str {
-    const COLUMNS: usize = 16;
-    static SQL: [OnceLock<String>; 4] = [const { OnceLock::new() }; 4];
-    SQL[(rows.ilog2() / 2) as usize].get_or_init(|| {
-        let row = format!("({})", vec!["?"; COLUMNS].join(", "));
-        format!(
-            "INSERT INTO usage_records (ts_ms, request_id, key_id, api, model, stream, status, \
-             outcome, input_tokens, output_tokens, cached_tokens, reasoning_tokens, estimated, \
-             latency_ms, ttfb_ms, upstream) VALUES {}",
-            vec![row; rows].join(", ")
-        )
-    })
-}
-
-/// Rows in the next usage INSERT for `left` rows still to write: the largest power of four
-/// not above `left`, at most 64 (16 bound values a row).
-fn statement_rows(left: usize) -> usize {
-    const MAX_ROWS: usize = 64;
-    if left >= MAX_ROWS {
-        MAX_ROWS
-    } else {
-        1 << (left.ilog2() / 2 * 2)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::accounting::{Outcome, UsageRecord};
 
-    #[test]
-    fn usage_statements_come_in_few_sizes() {
-        assert_eq!(statement_rows(1), 1);
-        assert_eq!(statement_rows(3), 1);
-        assert_eq!(statement_rows(7), 4);
-        assert_eq!(statement_rows(16), 16);
-        assert_eq!(statement_rows(63), 16);
-        assert_eq!(statement_rows(64), 64);
-        assert_eq!(statement_rows(10_000), 64);
-        for rows in [1, 4, 16, 64] {
-            let sql = usage_insert_sql(rows);
-            assert_eq!(sql.matches('?').count(), 16 * rows, "{rows} rows");
-            assert_eq!(sql.matches("), (").count(), rows - 1, "{rows} rows");
-        }
-    }
-
     #[tokio::test]
-    async fn a_batch_of_any_size_is_written_whole() {
+    async fn a_batch_of_any_size_is_written_whole_or_not_at_all() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(&dir.path().join("t.db")).await.expect("open");
         let key_id = store
@@ -449,12 +427,20 @@ mod tests {
             ttfb_ms: None,
             account: None,
         };
+        let mut writer = store.usage_writer().expect("writer");
         let mut written = 0;
         for n in [1usize, 3, 300, 1000] {
             let batch: Vec<UsageRecord> = (written..written + n).map(record).collect();
-            store.insert_usage(&batch).await.expect("insert");
+            writer.insert(&batch).expect("insert");
             written += n;
         }
+        // A batch with a row the schema refuses (no such key) leaves nothing behind.
+        let mut bad: Vec<UsageRecord> = (written..written + 3).map(record).collect();
+        bad[2].key_id = key_id + 1000;
+        assert!(
+            writer.insert(&bad).is_err(),
+            "a foreign key that does not exist"
+        );
         let rows = store.usage_rows().await.expect("rows");
         assert_eq!(rows.len(), written);
         let mut ids: Vec<String> = rows
