@@ -74,7 +74,7 @@ pub struct Recorder {
     capacity: usize,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Buffer {
     records: Vec<UsageRecord>,
     stop: bool,
@@ -103,7 +103,8 @@ impl Recorder {
     }
 
     /// Waits until a batch is full, the writer is asked to stop, or `interval` has passed;
-    /// then takes what is buffered, and says whether to stop.
+    /// then takes what is buffered, and says whether to stop. The buffer left behind has
+    /// room for a batch, so recording does not grow it under the lock.
     fn next_batch(&self, interval: Duration) -> (Vec<UsageRecord>, bool) {
         let buffer = self.lock();
         let (mut buffer, _) = self
@@ -112,7 +113,12 @@ impl Recorder {
                 !b.stop && b.records.len() < self.batch_size
             })
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        (std::mem::take(&mut buffer.records), buffer.stop)
+        let batch = if buffer.records.is_empty() {
+            Vec::new()
+        } else {
+            std::mem::replace(&mut buffer.records, Vec::with_capacity(self.batch_size))
+        };
+        (batch, buffer.stop)
     }
 
     fn stop(&self) {
