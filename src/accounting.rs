@@ -212,44 +212,7 @@ fn flush(writer: &mut UsageWriter, batch: Vec<UsageRecord>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::NewKey;
-
-    async fn store_with_key() -> (tempfile::TempDir, Store, i64) {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(&dir.path().join("t.db")).await.expect("open");
-        let key_id = store
-            .insert_key(&NewKey {
-                name: "t",
-                key_hash: "h",
-                key_prefix: "p",
-                created_at: 0,
-                expires_at: None,
-                models: None,
-                force_model: None,
-                reasoning: None,
-            })
-            .await
-            .expect("key");
-        (dir, store, key_id)
-    }
-
-    fn record(key_id: i64, i: usize) -> UsageRecord {
-        UsageRecord {
-            ts_ms: i as i64,
-            request_id: format!("r{i}"),
-            key_id,
-            api: "openai",
-            model: "glm-4.7".into(),
-            stream: false,
-            status: 200,
-            outcome: Outcome::Ok,
-            usage: Usage::default(),
-            estimated: false,
-            latency_ms: 1,
-            ttfb_ms: None,
-            account: None,
-        }
-    }
+    use crate::store::testing::{store_with_key, usage_record as record};
 
     fn settings(batch_size: usize) -> AccountingSettings {
         AccountingSettings {

@@ -419,10 +419,60 @@ fn statement_rows(left: usize) -> usize {
     }
 }
 
+/// Fixtures for tests of the store and of what writes to it.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+    use crate::accounting::{Outcome, UsageRecord};
+
+    /// A store in a temporary directory (kept while the returned directory lives) with one
+    /// client key, whose id is returned.
+    pub(crate) async fn store_with_key() -> (tempfile::TempDir, Store, i64) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("t.db")).await.expect("open");
+        let key_id = store
+            .insert_key(&NewKey {
+                name: "t",
+                key_hash: "h",
+                key_prefix: "p",
+                created_at: 0,
+                expires_at: None,
+                models: None,
+                force_model: None,
+                reasoning: None,
+            })
+            .await
+            .expect("key");
+        (dir, store, key_id)
+    }
+
+    /// The `i`-th usage record of a test: request id `r{i}`, `i` input tokens.
+    pub(crate) fn usage_record(key_id: i64, i: usize) -> UsageRecord {
+        UsageRecord {
+            ts_ms: i as i64,
+            request_id: format!("r{i}"),
+            key_id,
+            api: "openai",
+            model: "glm-4.7".into(),
+            stream: false,
+            status: 200,
+            outcome: Outcome::Ok,
+            usage: crate::meter::Usage {
+                input_tokens: i as u64,
+                ..Default::default()
+            },
+            estimated: false,
+            latency_ms: 1,
+            ttfb_ms: None,
+            account: None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::accounting::{Outcome, UsageRecord};
+    use crate::accounting::UsageRecord;
 
     #[test]
     fn usage_statements_come_in_few_sizes() {
@@ -446,39 +496,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_batch_of_any_size_is_written_whole_or_not_at_all() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(&dir.path().join("t.db")).await.expect("open");
-        let key_id = store
-            .insert_key(&NewKey {
-                name: "t",
-                key_hash: "h",
-                key_prefix: "p",
-                created_at: 0,
-                expires_at: None,
-                models: None,
-                force_model: None,
-                reasoning: None,
-            })
-            .await
-            .expect("key");
-        let record = |i: usize| UsageRecord {
-            ts_ms: i as i64,
-            request_id: format!("r{i}"),
-            key_id,
-            api: "openai",
-            model: "glm-4.7".into(),
-            stream: false,
-            status: 200,
-            outcome: Outcome::Ok,
-            usage: crate::meter::Usage {
-                input_tokens: i as u64,
-                ..Default::default()
-            },
-            estimated: false,
-            latency_ms: 1,
-            ttfb_ms: None,
-            account: None,
-        };
+        let (_dir, store, key_id) = testing::store_with_key().await;
+        let record = |i| testing::usage_record(key_id, i);
         let mut writer = store.usage_writer().expect("writer");
         let mut written = 0;
         for n in [1usize, 3, 300, 1000] {
