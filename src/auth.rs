@@ -1,9 +1,11 @@
 //! Client keys issued by the gateway: generation, hashing, and request authentication.
 //!
 //! Keys are 256-bit random strings, so a plain SHA-256 is a sound hash at rest (no salt or
-//! slow KDF is needed against guessing a 43-character random secret), and it is cheap
-//! enough to run on every request. Lookups are cached for `key_cache_ttl` (negative results
-//! too), which bounds how long a revoked key keeps working.
+//! slow KDF is needed against guessing a 43-character random secret). Lookups are cached
+//! for `key_cache_ttl` (negative results too), which bounds how long a revoked key keeps
+//! working. The cache is keyed by the presented secret itself, in memory only, so a request
+//! with a known key costs one map lookup and no hashing; a value that cannot be an issued
+//! key (wrong prefix, length or characters) is refused before any lookup or caching.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,11 +24,7 @@ const DISPLAY_PREFIX_CHARS: usize = 10;
 
 /// Hex SHA-256 of a key: what the store keeps.
 pub fn hash_key(secret: &str) -> String {
-    hex::encode(digest(secret))
-}
-
-fn digest(secret: &str) -> [u8; 32] {
-    Sha256::digest(secret.as_bytes()).into()
+    hex::encode(Sha256::digest(secret.as_bytes()))
 }
 
 /// A new random key: `(secret, hash, display prefix)`.
@@ -121,11 +119,21 @@ pub fn extract_key<'a>(headers: &'a HeaderMap, uri: &'a Uri) -> Option<std::borr
         .filter(|v| !v.is_empty())
 }
 
+/// Whether `secret` has the shape of an issued key: the prefix, then the random part's
+/// length and alphabet. Nothing else can match a stored hash.
+fn well_formed(secret: &str) -> bool {
+    secret.len() == KEY_PREFIX.len() + KEY_RANDOM_CHARS
+        && secret.starts_with(KEY_PREFIX)
+        && secret.as_bytes()[KEY_PREFIX.len()..]
+            .iter()
+            .all(u8::is_ascii_alphanumeric)
+}
+
 /// Checks client keys against the store, with a short-lived cache.
 pub struct Authenticator {
     store: Store,
-    /// Keyed by the raw digest: a hit costs one hash and no allocation.
-    cache: moka::sync::Cache<[u8; 32], Option<Arc<KeyRow>>>,
+    /// Keyed by the secret: a hit costs one lookup, no SHA-256 and no allocation.
+    cache: moka::sync::Cache<Box<str>, Option<Arc<KeyRow>>>,
 }
 
 impl Authenticator {
@@ -146,17 +154,19 @@ impl Authenticator {
         uri: &Uri,
     ) -> Result<Arc<KeyRow>, ApiError> {
         let secret = extract_key(headers, uri).ok_or(ApiError::MissingKey)?;
-        let digest = digest(&secret);
-        let row = match self.cache.get(&digest) {
+        if !well_formed(&secret) {
+            return Err(ApiError::InvalidKey);
+        }
+        let row = match self.cache.get(secret.as_ref()) {
             Some(cached) => cached,
             None => {
                 let found = self
                     .store
-                    .find_key(&hex::encode(digest))
+                    .find_key(&hash_key(&secret))
                     .await
                     .map_err(|e| ApiError::Internal(format!("key lookup: {e}")))?
                     .map(Arc::new);
-                self.cache.insert(digest, found.clone());
+                self.cache.insert(secret.into(), found.clone());
                 found
             }
         };
@@ -191,6 +201,23 @@ mod tests {
         assert_eq!(hash_key(&a), ha);
         assert!(a.starts_with(&pa));
         assert_eq!(ha.len(), 64);
+        assert!(well_formed(&a));
+    }
+
+    #[test]
+    fn only_values_shaped_like_an_issued_key_are_looked_up() {
+        let (key, _, _) = generate_key();
+        assert!(well_formed(&key));
+        assert!(!well_formed(&key[..key.len() - 1]), "too short");
+        assert!(!well_formed(&format!("{key}x")), "too long");
+        assert!(!well_formed(&format!("xx-{}", &key[3..])), "wrong prefix");
+        let mut odd = key.clone();
+        odd.replace_range(10..11, "-");
+        assert!(!well_formed(&odd), "outside the alphabet");
+        let mut wide = key[..key.len() - 2].to_string();
+        wide.push('é');
+        assert_eq!(wide.len(), key.len());
+        assert!(!well_formed(&wide), "multi-byte character");
     }
 
     #[test]
