@@ -511,6 +511,20 @@ impl Pool {
                 spoken = true;
                 let mut rt = a.state.lock();
                 match self.evaluate(a, &mut rt, model, avoid, now) {
+                    Eval::Candidate { score, key }
+                        if i == n - 1 && best.is_none_or(|b| score < b.0) =>
+                    {
+                        // The best is the last account scanned, still locked since it was
+                        // evaluated: take it without a second look (always, with one account).
+                        return Select::Ready(
+                            self.acquire(a, &mut rt, key, model, now, waiters),
+                            Target {
+                                provider: a.provider.clone(),
+                                key: a.keys[key].clone(),
+                                account: a.id.clone(),
+                            },
+                        );
+                    }
                     Eval::Candidate { score, key } => {
                         rt.decision = Decision::NotChosen;
                         if best.is_none_or(|b| score < b.0) {
@@ -610,19 +624,14 @@ impl Pool {
                 return Eval::Quota(q.next_reset.unwrap_or_else(Utc::now));
             }
         }
-        if !rt.models.contains_key(model) {
-            rt.models.insert(
-                model.to_string(),
-                ModelRt {
-                    in_flight: 0,
-                    aimd: Aimd::new(now),
-                    bench: None,
-                },
-            );
-        }
         let account_in_flight = rt.in_flight;
-        let Some(m) = rt.models.get_mut(model) else {
-            return Eval::NoKeys;
+        let m = match rt.models.get_mut(model) {
+            Some(m) => m,
+            None => rt.models.entry(model.to_string()).or_insert(ModelRt {
+                in_flight: 0,
+                aimd: Aimd::new(now),
+                bench: None,
+            }),
         };
         if let Some(b) = &m.bench {
             if b.until > now {
