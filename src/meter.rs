@@ -9,6 +9,7 @@ use std::sync::LazyLock;
 
 use bytes::Bytes;
 use memchr::memmem::{Finder, FinderRev};
+use serde::de::IgnoredAny;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
@@ -44,10 +45,10 @@ struct AnthropicCounts {
 
 impl AnthropicCounts {
     fn merge(&mut self, u: &WireUsage) {
-        self.input = count(u.input_tokens).or(self.input);
-        self.cache_creation = count(u.cache_creation_input_tokens).or(self.cache_creation);
-        self.cache_read = count(u.cache_read_input_tokens).or(self.cache_read);
-        self.output = count(u.output_tokens).or(self.output);
+        self.input = u.input_tokens.0.or(self.input);
+        self.cache_creation = u.cache_creation_input_tokens.0.or(self.cache_creation);
+        self.cache_read = u.cache_read_input_tokens.0.or(self.cache_read);
+        self.output = u.output_tokens.0.or(self.output);
     }
 
     fn seen(&self) -> bool {
@@ -117,26 +118,128 @@ impl Meter {
     }
 }
 
-/// A `usage` object in either API's shape; fields of the other API stay absent.
+/// A `usage` object in either API's shape; fields of the other API stay absent. Each field
+/// is read in the one pass that parses the object: a field of an odd shape reads as absent
+/// and spoils nothing else.
 #[derive(serde::Deserialize, Default)]
-struct WireUsage<'a> {
-    #[serde(borrow)]
-    prompt_tokens: Option<&'a RawValue>,
-    #[serde(borrow)]
-    completion_tokens: Option<&'a RawValue>,
-    #[serde(borrow)]
-    prompt_tokens_details: Option<&'a RawValue>,
-    #[serde(borrow)]
-    completion_tokens_details: Option<&'a RawValue>,
-    #[serde(borrow)]
-    input_tokens: Option<&'a RawValue>,
-    #[serde(borrow)]
-    output_tokens: Option<&'a RawValue>,
-    #[serde(borrow)]
-    cache_creation_input_tokens: Option<&'a RawValue>,
-    #[serde(borrow)]
-    cache_read_input_tokens: Option<&'a RawValue>,
+#[serde(default)]
+struct WireUsage {
+    prompt_tokens: Count,
+    completion_tokens: Count,
+    prompt_tokens_details: WireDetails,
+    completion_tokens_details: WireDetails,
+    input_tokens: Count,
+    output_tokens: Count,
+    cache_creation_input_tokens: Count,
+    cache_read_input_tokens: Count,
 }
+
+/// A token count as the upstream wrote it; anything but a non-negative integer (a string,
+/// a fraction, an object...) reads as absent.
+#[derive(Clone, Copy, Debug, Default)]
+struct Count(Option<u64>);
+
+/// A `*_tokens_details` object; anything but an object reads as one with no counts.
+#[derive(Clone, Copy, Debug, Default)]
+struct WireDetails {
+    cached_tokens: Count,
+    reasoning_tokens: Count,
+}
+
+/// A value read from whatever JSON the upstream put there: what it expects (a count, an
+/// object) is read, anything else is skipped and reads as the default.
+trait Lenient: Default {
+    fn from_u64(_: u64) -> Self {
+        Self::default()
+    }
+
+    fn from_map<'de, A: serde::de::MapAccess<'de>>(mut map: A) -> Result<Self, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Self::default())
+    }
+}
+
+impl Lenient for Count {
+    fn from_u64(v: u64) -> Count {
+        Count(Some(v))
+    }
+}
+
+impl Lenient for WireDetails {
+    fn from_map<'de, A: serde::de::MapAccess<'de>>(mut map: A) -> Result<Self, A::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(field_identifier, rename_all = "snake_case")]
+        enum Field {
+            CachedTokens,
+            ReasoningTokens,
+            #[serde(other)]
+            Other,
+        }
+        let mut out = WireDetails::default();
+        while let Some(field) = map.next_key::<Field>()? {
+            match field {
+                Field::CachedTokens => out.cached_tokens = map.next_value()?,
+                Field::ReasoningTokens => out.reasoning_tokens = map.next_value()?,
+                Field::Other => _ = map.next_value::<IgnoredAny>()?,
+            }
+        }
+        Ok(out)
+    }
+}
+
+struct LenientVisitor<T>(std::marker::PhantomData<T>);
+
+impl<'de, T: Lenient> serde::de::Visitor<'de> for LenientVisitor<T> {
+    type Value = T;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<T, E> {
+        Ok(T::from_u64(v))
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<T, E> {
+        Ok(T::default())
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<T, E> {
+        Ok(T::default())
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<T, E> {
+        Ok(T::default())
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<T, E> {
+        Ok(T::default())
+    }
+
+    fn visit_unit<E>(self) -> Result<T, E> {
+        Ok(T::default())
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<T, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(T::default())
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+        T::from_map(map)
+    }
+}
+
+macro_rules! lenient_deserialize {
+    ($($t:ty),*) => {$(
+        impl<'de> serde::Deserialize<'de> for $t {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<$t, D::Error> {
+                d.deserialize_any(LenientVisitor(std::marker::PhantomData))
+            }
+        }
+    )*};
+}
+lenient_deserialize!(Count, WireDetails);
 
 /// The top-level fields of an SSE event the meter reads, left unparsed until needed (a
 /// field of an unexpected shape then spoils only itself). Everything else is skipped.
@@ -153,7 +256,7 @@ struct WireEvent<'a> {
 }
 
 impl<'a> WireEvent<'a> {
-    fn usage(&self) -> Option<WireUsage<'a>> {
+    fn usage(&self) -> Option<WireUsage> {
         serde_json::from_str(self.usage?.get()).ok()
     }
 
@@ -163,11 +266,10 @@ impl<'a> WireEvent<'a> {
     }
 
     /// `message.usage` (Anthropic's `message_start`).
-    fn message_usage(&self) -> Option<WireUsage<'a>> {
+    fn message_usage(&self) -> Option<WireUsage> {
         #[derive(serde::Deserialize)]
-        struct Message<'a> {
-            #[serde(borrow)]
-            usage: Option<WireUsage<'a>>,
+        struct Message {
+            usage: Option<WireUsage>,
         }
         serde_json::from_str::<Message>(self.message?.get())
             .ok()?
@@ -175,46 +277,25 @@ impl<'a> WireEvent<'a> {
     }
 }
 
-/// A count as the upstream wrote it; anything but a non-negative integer reads as absent.
-fn count(v: Option<&RawValue>) -> Option<u64> {
-    v?.get().parse().ok()
-}
-
-/// A `*_tokens_details` object.
-#[derive(serde::Deserialize, Default)]
-struct WireDetails<'a> {
-    #[serde(borrow)]
-    cached_tokens: Option<&'a RawValue>,
-    #[serde(borrow)]
-    reasoning_tokens: Option<&'a RawValue>,
-}
-
-impl<'a> WireDetails<'a> {
-    fn of(v: Option<&'a RawValue>) -> WireDetails<'a> {
-        v.and_then(|v| serde_json::from_str(v.get()).ok())
-            .unwrap_or_default()
-    }
-}
-
-impl WireUsage<'_> {
+impl WireUsage {
     fn usage(&self, dialect: Dialect) -> Option<Usage> {
         match dialect {
             Dialect::OpenAi => Some(Usage {
-                input_tokens: count(self.prompt_tokens).unwrap_or(0),
-                output_tokens: count(self.completion_tokens).unwrap_or(0),
-                cached_tokens: count(WireDetails::of(self.prompt_tokens_details).cached_tokens)
+                input_tokens: self.prompt_tokens.0.unwrap_or(0),
+                output_tokens: self.completion_tokens.0.unwrap_or(0),
+                cached_tokens: self.prompt_tokens_details.cached_tokens.0.unwrap_or(0),
+                reasoning_tokens: self
+                    .completion_tokens_details
+                    .reasoning_tokens
+                    .0
                     .unwrap_or(0),
-                reasoning_tokens: count(
-                    WireDetails::of(self.completion_tokens_details).reasoning_tokens,
-                )
-                .unwrap_or(0),
             }),
             Dialect::Anthropic => {
                 let c = AnthropicCounts {
-                    input: count(self.input_tokens),
-                    cache_creation: count(self.cache_creation_input_tokens),
-                    cache_read: count(self.cache_read_input_tokens),
-                    output: count(self.output_tokens),
+                    input: self.input_tokens.0,
+                    cache_creation: self.cache_creation_input_tokens.0,
+                    cache_read: self.cache_read_input_tokens.0,
+                    output: self.output_tokens.0,
                 };
                 c.seen().then(|| c.usage())
             }
@@ -479,6 +560,46 @@ mod tests {
                 cached_tokens: 0,
                 reasoning_tokens: 0
             })
+        );
+    }
+
+    #[test]
+    fn counts_of_odd_shapes_read_as_absent_and_spoil_nothing_else() {
+        let body = concat!(
+            "{\"choices\":[],\"usage\":{\"prompt_tokens\":-1,\"completion_tokens\":7,",
+            "\"total_tokens\":{\"a\":[1,{\"b\":null}]},\"prompt_tokens_details\":[3],",
+            "\"completion_tokens_details\":{\"x\":{\"reasoning_tokens\":99},",
+            "\"reasoning_tokens\":5,\"y\":\"z\"}}}"
+        );
+        let mut m = Meter::new(Dialect::OpenAi, false);
+        m.feed(&Bytes::from_static(body.as_bytes()));
+        assert_eq!(
+            m.finish().usage,
+            Some(Usage {
+                input_tokens: 0,
+                output_tokens: 7,
+                cached_tokens: 0,
+                reasoning_tokens: 5
+            })
+        );
+        for (count, read) in [
+            ("12", Some(12)),
+            ("2.5", None),
+            ("1e3", None),
+            ("\"4\"", None),
+            ("null", None),
+            ("true", None),
+            ("18446744073709551616", None),
+        ] {
+            let got: Count = serde_json::from_str(count).expect("any JSON value is read");
+            assert_eq!(got.0, read, "{count}");
+        }
+        let details: WireDetails =
+            serde_json::from_str(r#"{"cached_tokens":3,"cached_tokens":4}"#).expect("read");
+        assert_eq!(
+            details.cached_tokens.0,
+            Some(4),
+            "the last of a repeated field wins"
         );
     }
 
