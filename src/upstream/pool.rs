@@ -193,6 +193,18 @@ struct ModelRt {
     bench: Option<Bench>,
 }
 
+/// Models an account keeps state for before it forgets the ones whose state is the same as
+/// a new entry's (a client can name any model: typos would otherwise pile up for good).
+const MODEL_STATES: usize = 64;
+
+impl ModelRt {
+    /// Whether forgetting this entry would lose anything: requests in flight, a learned
+    /// concurrency limit, or a bench.
+    fn carries_state(&self) -> bool {
+        self.in_flight > 0 || self.aimd.limit().is_some() || self.bench.is_some()
+    }
+}
+
 struct KeyRt {
     label: Arc<str>,
     in_flight: u32,
@@ -627,11 +639,16 @@ impl Pool {
         let account_in_flight = rt.in_flight;
         let m = match rt.models.get_mut(model) {
             Some(m) => m,
-            None => rt.models.entry(model.to_string()).or_insert(ModelRt {
-                in_flight: 0,
-                aimd: Aimd::new(now),
-                bench: None,
-            }),
+            None => {
+                if rt.models.len() >= MODEL_STATES {
+                    rt.models.retain(|_, m| m.carries_state());
+                }
+                rt.models.entry(model.to_string()).or_insert(ModelRt {
+                    in_flight: 0,
+                    aimd: Aimd::new(now),
+                    bench: None,
+                })
+            }
         };
         if let Some(b) = &m.bench {
             if b.until > now {
@@ -1314,6 +1331,31 @@ mod tests {
             lone.select(Dialect::OpenAi, "glm-4.7", &[], &w),
             Select::Refuse(ApiError::NoWorkingUpstream { .. })
         ));
+    }
+
+    #[test]
+    fn models_named_once_are_forgotten_and_models_with_state_are_kept() {
+        let pool = Pool::build(&settings(&[("a", &["k1"], 0)]), None, &HashMap::new(), None);
+        let w = Arc::new(Waiters::default());
+        let ready = |model: &str| match pool.select(Dialect::OpenAi, model, &[], &w) {
+            Select::Ready(p, _) => p,
+            _ => panic!("{model} was not admitted"),
+        };
+        let held = ready("glm-4.7");
+        for i in 0..1000 {
+            drop(ready(&format!("typo-{i}")));
+        }
+        let rt = pool.accounts[0].state.lock();
+        assert!(
+            rt.models.len() <= MODEL_STATES,
+            "{} model states",
+            rt.models.len()
+        );
+        assert_eq!(rt.models.get("glm-4.7").map(|m| m.in_flight), Some(1));
+        drop(rt);
+        drop(held);
+        let rt = pool.accounts[0].state.lock();
+        assert_eq!(rt.models.get("glm-4.7").map(|m| m.in_flight), Some(0));
     }
 
     #[test]
