@@ -528,14 +528,7 @@ impl Pool {
                     {
                         // The best is the last account scanned, still locked since it was
                         // evaluated: take it without a second look (always, with one account).
-                        return Select::Ready(
-                            self.acquire(a, &mut rt, key, model, now, waiters),
-                            Target {
-                                provider: a.provider.clone(),
-                                key: a.keys[key].clone(),
-                                account: a.id.clone(),
-                            },
-                        );
+                        return self.take(a, &mut rt, key, model, now, waiters);
                     }
                     Eval::Candidate { score, key } => {
                         rt.decision = Decision::NotChosen;
@@ -559,14 +552,7 @@ impl Pool {
                 let mut rt = a.state.lock();
                 // Counts may have moved since the scan: check again under the lock.
                 if let Eval::Candidate { key, .. } = self.evaluate(a, &mut rt, model, avoid, now) {
-                    return Select::Ready(
-                        self.acquire(a, &mut rt, key, model, now, waiters),
-                        Target {
-                            provider: a.provider.clone(),
-                            key: a.keys[key].clone(),
-                            account: a.id.clone(),
-                        },
-                    );
+                    return self.take(a, &mut rt, key, model, now, waiters);
                 }
                 continue;
             }
@@ -759,7 +745,9 @@ impl Pool {
         }
     }
 
-    fn acquire(
+    /// [`Select::Ready`] with `key` of account `a`, whose state `rt` is locked: counts the
+    /// request in.
+    fn take(
         &self,
         a: &Account,
         rt: &mut AccountRt,
@@ -767,7 +755,7 @@ impl Pool {
         model: &str,
         now: Instant,
         waiters: &Arc<Waiters>,
-    ) -> Permit {
+    ) -> Select {
         rt.in_flight += 1;
         rt.decision = Decision::Picked;
         if a.cfg.rpm > 0 {
@@ -793,14 +781,22 @@ impl Pool {
             }
             None => a.keys[key].label.clone(),
         };
-        Permit {
+        let permit = Permit {
             state: a.state.clone(),
             key: label,
             model: model.to_string(),
             probe,
             reported: false,
             waiters: waiters.clone(),
-        }
+        };
+        Select::Ready(
+            permit,
+            Target {
+                provider: a.provider.clone(),
+                key: a.keys[key].clone(),
+                account: a.id.clone(),
+            },
+        )
     }
 
     /// For the quota monitor: each account's id, provider and first usable key.
