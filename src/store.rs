@@ -127,11 +127,11 @@ impl Store {
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(5))
+            .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true);
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
-            .connect_with(options.clone())
+            .connect_with(options)
             .await
             .map_err(|e| anyhow::anyhow!("cannot open store {}: {e}", path.display()))?;
         Migrator::new(Embedded).await?.run(&pool).await?;
@@ -315,6 +315,10 @@ impl Store {
     }
 }
 
+/// How long a statement waits for a lock held by another connection (the pool's, the usage
+/// writer's, another process's) before it fails.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The usage table's writer: a SQLite connection of its own, used synchronously by the
 /// accounting thread, with no thread hand-off per statement (through sqlx, a batch took
 /// some sixty context switches between its runtime and its SQLite thread).
@@ -327,7 +331,7 @@ impl UsageWriter {
     pub fn open(path: &Path) -> anyhow::Result<UsageWriter> {
         let conn = rusqlite::Connection::open(path)
             .map_err(|e| anyhow::anyhow!("cannot open store {}: {e}", path.display()))?;
-        conn.busy_timeout(Duration::from_secs(5))?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
         // The same settings as the pool's connections. It only appends, which touches the
         // last pages of the table and its index: a 256 KB page cache, not SQLite's default
         // 2 MB, which it would otherwise fill as the table grows.
