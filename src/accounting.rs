@@ -89,7 +89,10 @@ impl Recorder {
             return;
         }
         buffer.records.push(record);
-        if buffer.records.len() == self.batch_size {
+        let full = buffer.records.len() == self.batch_size;
+        drop(buffer);
+        // Woken after the lock is released, the writer does not wait on it at once.
+        if full {
             self.wake.notify_one();
         }
     }
