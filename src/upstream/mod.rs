@@ -524,6 +524,22 @@ fn anthropic_headers(h: &mut HeaderMap, client_headers: &HeaderMap) {
     }
 }
 
+/// The client's headers that upstream requests carry on (`accept` and the `anthropic-*`
+/// ones), copied: what [`Upstream::send`] needs of the client's request, without holding
+/// on to the request.
+pub fn forwarded_headers(client: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::new();
+    let names = std::iter::once(header::ACCEPT.as_str()).chain(ANTHROPIC_FORWARDED.iter().copied());
+    for name in names {
+        if let Some(v) = client.get(name) {
+            if let Ok(copy) = HeaderValue::from_bytes(v.as_bytes()) {
+                out.insert(name, copy);
+            }
+        }
+    }
+    out
+}
+
 /// A fully read answer, framed by its length.
 fn buffered(status: StatusCode, mut headers: HeaderMap, body: Bytes) -> Opened {
     headers.remove(header::TRANSFER_ENCODING);
@@ -574,7 +590,32 @@ fn plausible_start(chunk: &[u8], is_sse: bool) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::plausible_start;
+    use super::{forwarded_headers, plausible_start};
+    use axum::http::{HeaderMap, HeaderValue};
+
+    #[test]
+    fn only_the_forwarded_headers_are_kept_and_they_are_copies() {
+        let mut client = HeaderMap::new();
+        client.insert(
+            "authorization",
+            HeaderValue::from_static("Bearer gg-secret"),
+        );
+        client.insert("x-api-key", HeaderValue::from_static("gg-secret"));
+        client.insert("accept", HeaderValue::from_static("text/event-stream"));
+        client.insert("anthropic-version", HeaderValue::from_static("2023-06-01"));
+        client.insert("anthropic-beta", HeaderValue::from_static("tools-2024"));
+        client.insert("user-agent", HeaderValue::from_static("sdk"));
+        let kept = forwarded_headers(&client);
+        assert_eq!(kept.len(), 3);
+        assert_eq!(kept["accept"], "text/event-stream");
+        assert_eq!(kept["anthropic-version"], "2023-06-01");
+        assert_eq!(kept["anthropic-beta"], "tools-2024");
+        // A copy, not a slice of the client's request.
+        assert_ne!(
+            kept["accept"].as_bytes().as_ptr(),
+            client["accept"].as_bytes().as_ptr()
+        );
+    }
 
     #[test]
     fn first_bytes_are_checked_for_shape() {
