@@ -175,7 +175,8 @@ def glmgate_conf(tmp, port, mock_port, kind="plain"):
     - `failover`: a second account whose key always answers 500 sits in the pool next to the
       good one, its circuit breaker off, so requests that pick it fail over to the good one;
     - `openai-only` / `anthropic-only`: the upstream speaks one format, so clients of the other
-      are translated."""
+      are translated;
+    - `http2`: as `plain`, speaking HTTP/2 to the upstream (`upstream.http2`)."""
     name = "glmgate" if kind == "plain" else f"glmgate-{kind}"
     path = os.path.join(tmp, f"{name}.toml")
     base = f"""
@@ -209,7 +210,7 @@ preset = "custom"
 openai_base_url = "{openai}"
 anthropic_base_url = "{anthropic}"
 keys = ["bench-upstream-key"]
-"""
+""" + ("http2 = true\n" if kind == "http2" else "")
     with open(path, "w") as f:
         f.write(base + upstream)
     return path
@@ -254,7 +255,7 @@ general_settings:
 def gateway_kind(name, api):
     """The glmgate configuration behind a target (see `glmgate_conf`); `translated` is glmgate
     in front of an upstream that speaks only the other format."""
-    return {"glmgate": "plain", "failover": "failover",
+    return {"glmgate": "plain", "failover": "failover", "http2": "http2",
             "translated": "anthropic-only" if api == "openai" else "openai-only"}[name]
 
 
@@ -272,7 +273,7 @@ class Rig:
         wait_port(self.nginx_port)
         # name → (port, client key, process)
         self.gateways = {}
-        for kind in ("plain", "failover", "openai-only", "anthropic-only"):
+        for kind in ("plain", "failover", "openai-only", "anthropic-only", "http2"):
             port = self.gg_port if kind == "plain" else free_port()
             conf = glmgate_conf(tmp, port, self.mock_port, kind)
             key = subprocess.run([GLMGATE, "keys", "create", "--name", "bench", "--config", conf],
@@ -328,6 +329,7 @@ SCENARIOS = {
 
 
 FAILOVER_SCENARIOS = ("openai", "openai-stream")
+HTTP2_SCENARIOS = ("openai", "openai-stream")
 TRANSLATED_SCENARIOS = ("openai", "openai-stream", "anthropic-stream")
 
 
@@ -395,6 +397,7 @@ def run_table(args):
             # an upstream that speaks only the other format (translated both ways).
             targets = ["direct", "nginx", "glmgate"] + (["failover"] if scenario in FAILOVER_SCENARIOS else []) \
                 + (["translated"] if scenario in TRANSLATED_SCENARIOS else []) \
+                + (["http2"] if scenario in HTTP2_SCENARIOS else []) \
                 + (["litellm"] if rig.litellm and SCENARIOS[scenario][0] == "openai" else [])
             for c in concurrencies:
                 reps = {t: [] for t in targets}
@@ -444,7 +447,9 @@ def render(rows, open_loop, idle, peak, args):
            "before the client sees a byte. Attempts/req counts the upstream requests per client request. "
            "`translated`: glmgate in front of an upstream that speaks only the other API format "
            "(OpenAI scenarios on an Anthropic-only upstream, the Anthropic scenario on an OpenAI-only one), "
-           "so every request, answer and stream event is translated."
+           "so every request, answer and stream event is translated. "
+           "`http2`: glmgate speaking HTTP/2 to the mock (`upstream.http2 = true`, h2c), many "
+           "requests sharing a connection; the others speak HTTP/1.1 to it."
            + (" `litellm`: LiteLLM proxy (" + LITELLM_PIN + ", two workers, master key, no database) "
               "on the same mock, OpenAI scenarios only." if "litellm" in idle else ""), "",
            "| scenario | c | target | p50 | p90 | p99 | +p50 | +p99 | req/s | vs nginx req/s | CPU µs/req | +TTFB p50 |",
@@ -465,7 +470,7 @@ def render(rows, open_loop, idle, peak, args):
             stream = "stream" in scenario
             out.append(f"| {scenario} | {c} | {name} | {fmt(lat('p50'))} | {fmt(lat('p90'))} | {fmt(lat('p99'))} | "
                        f"{'' if t == 'direct' else fmt(over('p50'))} | {'' if t == 'direct' else fmt(over('p99'))} | "
-                       f"{fmt(rps)} | {fmt(ratio, 2) if t in ('glmgate', 'failover', 'translated', 'litellm') else ''} | "
+                       f"{fmt(rps)} | {fmt(ratio, 2) if t in ('glmgate', 'failover', 'translated', 'litellm', 'http2') else ''} | "
                        f"{fmt(med([r['cpu_us_per_req'] for r in rs]), 1)} | "
                        f"{fmt(ttfb) if stream and t != 'direct' else ''} |")
     out += ["", f"Open loop, OpenAI non-stream at {args.rate} req/s for {args.duration} s (latency from the scheduled start):", "",
@@ -519,8 +524,8 @@ def run_streams(args):
         rig = Rig(tmp, procs, mock_args=["--chunk-delay-ms", "300"])
         time.sleep(1)
         results = {}
-        # nginx first, glmgate second: each peak (VmHWM) covers its own run only.
-        for name in ("nginx", "glmgate"):
+        # One after the other, each its own process: each peak (VmHWM) covers its own run only.
+        for name in ("nginx", "glmgate", "http2"):
             url, headers, pid = rig.target(name, "openai")
             idle = rss_mb(pid)
             r = load(url, headers, body_file(tmp, "openai-stream"), args.streams, 6, requests=args.streams)
@@ -528,7 +533,8 @@ def run_streams(args):
     finally:
         procs.stop_all()
     for name, (r, idle, peak) in results.items():
-        print(f"{args.streams} concurrent slow streams through {name}: {r['requests']} completed, "
+        what = "glmgate, HTTP/2 upstream" if name == "http2" else name
+        print(f"{args.streams} concurrent slow streams through {what}: {r['requests']} completed, "
               f"{r['errors']} failed; RSS idle {idle:.1f} MB, peak {peak:.1f} MB "
               f"({(peak - idle) * 1024 / args.streams:.1f} KB per stream); "
               f"TTFB p50 {r['ttfb_us']['p50']} µs, p99 {r['ttfb_us']['p99']} µs.")
@@ -595,7 +601,7 @@ def main():
     ap.add_argument("--large", type=int, default=400)
     ap.add_argument("--warmup-requests", type=int, default=300)
     ap.add_argument("--scenario", choices=list(SCENARIOS), default="openai", help="for --instructions")
-    ap.add_argument("--target", choices=("glmgate", "translated"), default="glmgate", help="for --instructions")
+    ap.add_argument("--target", choices=("glmgate", "translated", "http2"), default="glmgate", help="for --instructions")
     ap.add_argument("--with-litellm", action="store_true",
                     help=f"add LiteLLM proxy ({LITELLM_PIN}, installed once into bench/.litellm) as a target")
     args = ap.parse_args()

@@ -242,6 +242,8 @@ pub struct RawUpstream {
     pub anthropic_auth: AnthropicAuth,
     pub count_tokens_upstream: bool,
     pub connect_timeout_secs: u64,
+    /// Speak HTTP/2 to the upstreams instead of HTTP/1.1.
+    pub http2: bool,
     pub first_byte_timeout_secs: u64,
     pub idle_timeout_secs: u64,
     pub total_timeout_secs: u64,
@@ -364,6 +366,7 @@ impl Default for RawUpstream {
             anthropic_auth: AnthropicAuth::Bearer,
             count_tokens_upstream: false,
             connect_timeout_secs: 10,
+            http2: false,
             first_byte_timeout_secs: 600,
             idle_timeout_secs: 300,
             total_timeout_secs: 3600,
@@ -544,6 +547,8 @@ pub struct AccountSettings {
 #[derive(Clone, Debug)]
 pub struct Policy {
     pub connect_timeout: Duration,
+    /// HTTP/2 to the upstreams (applies on restart, like the connect timeout).
+    pub http2: bool,
     pub first_byte_timeout: Duration,
     pub idle_timeout: Duration,
     pub total_timeout: Duration,
@@ -878,6 +883,7 @@ fn upstream_settings(
     }
     let policy = Policy {
         connect_timeout: Duration::from_secs(up.connect_timeout_secs.max(1)),
+        http2: up.http2,
         first_byte_timeout: Duration::from_secs(up.first_byte_timeout_secs.max(1)),
         idle_timeout: Duration::from_secs(up.idle_timeout_secs.max(1)),
         total_timeout: Duration::from_secs(up.total_timeout_secs.max(1)),

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Version};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::serve::ListenerExt;
@@ -82,6 +82,8 @@ struct Last {
     body_sha256: String,
     /// `openai` or `anthropic`: which API the last request used.
     api: &'static str,
+    /// The HTTP version it came in (`HTTP/1.1`, `HTTP/2.0`).
+    version: String,
 }
 
 struct Mock {
@@ -130,13 +132,13 @@ pub fn router(options: MockOptions) -> axum::Router {
         per_key: Mutex::default(),
     });
     let openai = post(
-        |s: State<Arc<Mock>>, c: ConnectInfo<SocketAddr>, h: HeaderMap, b: Bytes| {
-            respond(s, c, Dialect::OpenAi, h, b)
+        |s: State<Arc<Mock>>, c: ConnectInfo<SocketAddr>, v: Version, h: HeaderMap, b: Bytes| {
+            respond(s, c, Dialect::OpenAi, v, h, b)
         },
     );
     let anthropic = post(
-        |s: State<Arc<Mock>>, c: ConnectInfo<SocketAddr>, h: HeaderMap, b: Bytes| {
-            respond(s, c, Dialect::Anthropic, h, b)
+        |s: State<Arc<Mock>>, c: ConnectInfo<SocketAddr>, v: Version, h: HeaderMap, b: Bytes| {
+            respond(s, c, Dialect::Anthropic, v, h, b)
         },
     );
     let mut app = axum::Router::new();
@@ -235,6 +237,7 @@ async fn stats(State(m): State<Arc<Mock>>) -> Json<Value> {
         "last_anthropic_version": last.anthropic_version,
         "last_body_sha256": last.body_sha256,
         "last_api": last.api,
+        "last_version": last.version,
     }))
 }
 
@@ -271,6 +274,7 @@ async fn respond(
     State(m): State<Arc<Mock>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     dialect: Dialect,
+    version: Version,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -288,6 +292,7 @@ async fn respond(
                 anthropic_version: header_str(&headers, "anthropic-version"),
                 body_sha256: hex::encode(Sha256::digest(&body)),
                 api: dialect.as_str(),
+                version: format!("{version:?}"),
             };
         }
         auth.strip_prefix("Bearer ")

@@ -22,10 +22,11 @@ use futures_util::{Stream, StreamExt};
 use http_body_util::Full;
 use hyper::body::Body as _;
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, TrySendError};
+use hyper::client::conn::{http1, http2, TrySendError};
 use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use tower_service::Service;
 
 const USER_AGENT: &str = concat!("glmgate/", env!("CARGO_PKG_VERSION"));
@@ -57,8 +58,72 @@ struct Idle {
     since: Instant,
 }
 
+/// An HTTP/2 connection, shared by the requests of one serving thread to one origin. It is
+/// listed as soon as it starts connecting, so that requests arriving meanwhile wait for it
+/// (up to its stream limit) rather than each opening a connection of its own.
+struct Shared {
+    conn: Connecting,
+    load: Arc<Load>,
+    /// When a stream last started on it: one with none open for [`IDLE_TIMEOUT`] is closed.
+    used: Instant,
+}
+
+/// A connection being opened, or opened; every request waiting for it gets the one result.
+type Connecting = futures_util::future::Shared<
+    futures_util::future::BoxFuture<'static, Result<Sender2, Arc<str>>>,
+>;
+
+impl Shared {
+    fn usable(&self) -> bool {
+        match self.conn.peek() {
+            None => true,
+            Some(Ok(sender)) => !sender.is_closed(),
+            Some(Err(_)) => false,
+        }
+    }
+}
+
+/// Streams open on an HTTP/2 connection, and how many it may carry: the server's
+/// `SETTINGS_MAX_CONCURRENT_STREAMS`, capped at [`MAX_STREAMS_PER_CONNECTION`].
+struct Load {
+    open: AtomicUsize,
+    limit: AtomicUsize,
+}
+
+impl Load {
+    fn has_room(&self) -> bool {
+        self.open.load(Ordering::Relaxed) < self.limit.load(Ordering::Relaxed)
+    }
+}
+
+/// A stream's place on its HTTP/2 connection, given back when the answer is dropped.
+struct Slot(Arc<Load>);
+
+impl Slot {
+    fn take(load: &Arc<Load>) -> Slot {
+        load.open.fetch_add(1, Ordering::Relaxed);
+        Slot(load.clone())
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Streams one HTTP/2 connection carries at most; past it (or past the server's own limit)
+/// a new connection is opened rather than queueing requests behind busy streams.
+const MAX_STREAMS_PER_CONNECTION: usize = 100;
+
+type Sender2 = http2::SendRequest<Full<Bytes>>;
+
 struct Inner {
     connector: HttpsConnector<HttpConnector>,
+    /// HTTP/2 to every upstream (`upstream.http2`), else HTTP/1.1.
+    http2: bool,
+    /// HTTP/2 connections by serving thread and origin.
+    shared: Mutex<Vec<(PoolKey, Vec<Shared>)>>,
     /// Idle connections by serving thread and origin. A handful of entries (threads ×
     /// upstream origins), so a scan with cheap comparisons beats hashing an authority
     /// (which lowercases it byte by byte) twice per request.
@@ -150,19 +215,26 @@ pub fn describe(e: &SendError, uri: &Uri) -> String {
 }
 
 impl HttpClient {
-    pub fn new(connect_timeout: Duration) -> anyhow::Result<HttpClient> {
+    /// `http2`: speak HTTP/2 to the upstreams (ALPN `h2` over TLS, prior knowledge over
+    /// plain TCP) instead of HTTP/1.1.
+    pub fn new(connect_timeout: Duration, http2: bool) -> anyhow::Result<HttpClient> {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(connect_timeout));
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        let builder = hyper_rustls::HttpsConnectorBuilder::new()
             .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())?
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
+            .https_or_http();
+        let connector = if http2 {
+            builder.enable_http2().wrap_connector(http)
+        } else {
+            builder.enable_http1().wrap_connector(http)
+        };
         Ok(HttpClient {
             inner: Arc::new(Inner {
                 connector,
+                http2,
+                shared: Mutex::new(Vec::new()),
                 idle: Mutex::new(Vec::new()),
             }),
         })
@@ -244,6 +316,9 @@ impl HttpClient {
     pub async fn send(&self, req: Request<Bytes>) -> Result<Response<Driven>, SendError> {
         let key = pool_key(req.uri());
         let mut req = req.map(Full::new);
+        if self.inner.http2 {
+            return self.send_shared(key, req).await;
+        }
         let target = to_origin_form(&mut req);
         if let Some(conn) = self.checkout(&key) {
             match self.exchange(key.clone(), conn, req).await {
@@ -261,6 +336,100 @@ impl HttpClient {
         self.exchange(key, link, req)
             .await
             .map_err(|e| SendError::Http(e.into_error()))
+    }
+
+    /// A stream on an HTTP/2 connection to the request's origin, opening one if none has
+    /// room; closed connections, and those idle too long, are let go on the way.
+    fn checkout_shared(&self, key: PoolKey, uri: &Uri) -> (Connecting, Slot) {
+        let mut shared = self.inner.shared.lock().unwrap_or_else(|e| e.into_inner());
+        let i = match shared.iter().position(|(k, _)| *k == key) {
+            Some(i) => i,
+            None => {
+                shared.push((key, Vec::new()));
+                shared.len() - 1
+            }
+        };
+        let list = &mut shared[i].1;
+        list.retain(|c| {
+            let idle = c.load.open.load(Ordering::Relaxed) == 0 && c.used.elapsed() > IDLE_TIMEOUT;
+            c.usable() && !idle
+        });
+        let c = match list.iter().position(|c| c.load.has_room()) {
+            Some(i) => &mut list[i],
+            None => {
+                let load = Arc::new(Load {
+                    open: AtomicUsize::new(0),
+                    limit: AtomicUsize::new(MAX_STREAMS_PER_CONNECTION),
+                });
+                list.push(Shared {
+                    conn: self.connect_shared(uri.clone(), load.clone()),
+                    load,
+                    used: Instant::now(),
+                });
+                list.last_mut().expect("pushed")
+            }
+        };
+        c.used = Instant::now();
+        (c.conn.clone(), Slot::take(&c.load))
+    }
+
+    /// Opens an HTTP/2 connection to `uri` when first awaited; its driving task runs on
+    /// the serving thread that awaited it, and keeps `load`'s limit to the server's.
+    fn connect_shared(&self, uri: Uri, load: Arc<Load>) -> Connecting {
+        let connector = self.inner.connector.clone();
+        let connect = async move {
+            let mut connector = connector;
+            let io = connector
+                .call(uri)
+                .await
+                .map_err(|e| Arc::<str>::from(e.to_string()))?;
+            let (sender, mut conn) = http2::Builder::new(TokioExecutor::new())
+                .handshake(io)
+                .await
+                .map_err(|e| Arc::<str>::from(e.to_string()))?;
+            tokio::spawn(std::future::poll_fn(move |cx| {
+                let done = Pin::new(&mut conn).poll(cx);
+                // The server's limit arrives in its SETTINGS, read as the connection runs.
+                let allowed = conn.current_max_send_streams();
+                load.limit
+                    .store(allowed.min(MAX_STREAMS_PER_CONNECTION), Ordering::Relaxed);
+                if let Poll::Ready(Err(e)) = &done {
+                    tracing::debug!(error = %e, "upstream HTTP/2 connection ended with an error");
+                }
+                done.map(|_| ())
+            }));
+            Ok(sender)
+        };
+        futures_util::FutureExt::shared(
+            Box::pin(connect) as futures_util::future::BoxFuture<'static, _>
+        )
+    }
+
+    /// Sends a request as a stream of a shared HTTP/2 connection (whose own task drives
+    /// it); dropping the answer's body resets the stream, which cancels the upstream call.
+    async fn send_shared(
+        &self,
+        key: PoolKey,
+        mut req: Request<Full<Bytes>>,
+    ) -> Result<Response<Driven>, SendError> {
+        // The origin goes in `:authority`; RFC 9113 §8.3.1 asks clients not to repeat it.
+        req.headers_mut().remove(header::HOST);
+        let (conn, slot) = self.checkout_shared(key, req.uri());
+        let mut sender = match conn.peek() {
+            Some(ready) => ready.clone(),
+            None => conn.await,
+        }
+        .map_err(|e| SendError::Connect(e.to_string()))?;
+        let head = sender.send_request(req).await.map_err(SendError::Http)?;
+        let (parts, body) = head.into_parts();
+        let driven = Driven {
+            body,
+            link: None,
+            pool: self.clone(),
+            key: None,
+            _slot: Some(slot),
+        };
+        Ok(Response::from_parts(parts, driven))
     }
 
     async fn exchange(
@@ -290,6 +459,7 @@ impl HttpClient {
             link: (!conn_done).then_some(link),
             pool: self.clone(),
             key: Some(key),
+            _slot: None,
         };
         Ok(Response::from_parts(parts, driven))
     }
@@ -330,6 +500,8 @@ pub struct Driven {
     link: Option<Box<Link>>,
     pool: HttpClient,
     key: Option<PoolKey>,
+    /// The stream's place on a shared HTTP/2 connection (then `link` is `None`).
+    _slot: Option<Slot>,
 }
 
 impl Driven {
@@ -443,7 +615,7 @@ mod tests {
                 .expect("write");
             String::from_utf8(got).expect("utf-8")
         });
-        let client = HttpClient::new(Duration::from_secs(5)).expect("client");
+        let client = HttpClient::new(Duration::from_secs(5), false).expect("client");
         let uri: Uri = format!("http://{addr}/api/v4/chat").parse().expect("uri");
         let endpoint = Endpoint::new(uri).expect("endpoint");
         let resp = client

@@ -123,7 +123,7 @@ impl Upstream {
         restored: &HashMap<(String, String), f64>,
         limits_tx: mpsc::UnboundedSender<LimitUpdate>,
     ) -> anyhow::Result<Upstream> {
-        let client = HttpClient::new(s.policy.connect_timeout)?;
+        let client = HttpClient::new(s.policy.connect_timeout, s.policy.http2)?;
         let pool = Pool::build(s, None, restored, Some(limits_tx.clone()));
         Ok(Upstream {
             client,

@@ -4,6 +4,7 @@
 mod common;
 mod errors;
 mod golden;
+mod http2;
 mod lifecycle;
 mod passthrough;
 mod pools;

@@ -1,0 +1,119 @@
+//! `upstream.http2`: the gateway speaks HTTP/2 to the upstream (here the mock, over h2c),
+//! carrying many client requests as streams of a few shared connections.
+
+use futures_util::StreamExt;
+use serde_json::Value;
+
+use crate::common::*;
+
+/// HTTP/2 upstream, two serving threads (each keeps its own upstream connections).
+fn http2() -> Opts {
+    Opts {
+        tweak: |raw| {
+            raw.upstream.http2 = true;
+            raw.server.workers = 2;
+        },
+        ..Opts::default()
+    }
+}
+
+#[tokio::test]
+async fn both_apis_stream_and_answer_over_http2() {
+    let env = start(http2()).await;
+
+    let answer: Value = env
+        .openai(&openai_body(false))
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert!(
+        answer["choices"][0]["message"]["content"].is_string(),
+        "{answer}"
+    );
+    let stats = env.mock_stats().await;
+    assert_eq!(stats["last_version"], "HTTP/2.0", "{stats}");
+    assert_eq!(stats["last_api"], "openai", "{stats}");
+
+    let text = env
+        .openai(&openai_body(true))
+        .await
+        .text()
+        .await
+        .expect("body");
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    assert!(data_lines(&text).len() > 5, "{text}");
+
+    let text = env
+        .anthropic(&anthropic_body(true))
+        .await
+        .text()
+        .await
+        .expect("body");
+    assert_eq!(event_names(&text).last(), Some(&"message_stop"), "{text}");
+    let stats = env.mock_stats().await;
+    assert_eq!(stats["last_version"], "HTTP/2.0", "{stats}");
+    // The Anthropic headers the client sent reach the upstream.
+    assert_eq!(stats["last_anthropic_version"], "2023-06-01", "{stats}");
+
+    let rows = env.usage_rows(3).await;
+    assert!(
+        rows.iter()
+            .all(|r| r["outcome"] == "ok" && r["output_tokens"].as_i64() > Some(0)),
+        "{rows:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_resets_its_stream_and_is_accounted() {
+    // One serving thread, so that every request could use the same upstream connection.
+    let env = start(Opts {
+        tweak: |raw| {
+            raw.upstream.http2 = true;
+            raw.server.workers = 1;
+        },
+        ..Opts::default()
+    })
+    .await;
+    let body = with_fault(anthropic_body(true), "slow-chunks=300");
+    let resp = env.anthropic(&body).await;
+    assert_eq!(resp.status(), 200);
+    let mut stream = resp.bytes_stream();
+    let first = stream.next().await.expect("chunk").expect("ok");
+    assert!(String::from_utf8_lossy(&first).contains("message_start"));
+    drop(stream);
+    env.wait_mock("upstream stream cancelled", |s| s["streams_cancelled"] == 1)
+        .await;
+    let rows = env.usage_rows(1).await;
+    assert_eq!(rows[0]["outcome"], "client_cancelled");
+    assert!(rows[0]["input_tokens"].as_i64() > Some(0), "{}", rows[0]);
+    // The connection outlives the reset stream: the next request goes on it.
+    let text = env
+        .openai(&openai_body(true))
+        .await
+        .text()
+        .await
+        .expect("body");
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    assert_eq!(env.mock_stats().await["connections"], 1);
+}
+
+#[tokio::test]
+async fn concurrent_streams_share_connections_of_at_most_a_hundred_streams() {
+    let env = start(http2()).await;
+    // 250 streams open at once (28 events 100 ms apart: about 3 s each). Over HTTP/1.1
+    // that is 250 upstream connections; over HTTP/2, a hundred streams per connection on
+    // each of the two serving threads: 3 or 4 connections, whichever way the client's
+    // connections are spread over the threads (at least one thread carries 125).
+    let body = with_fault(openai_body(true), "slow-chunks=100");
+    let calls = (0..250).map(|_| async {
+        let text = env.openai(&body).await.text().await.expect("body");
+        text.ends_with("data: [DONE]\n\n")
+    });
+    let done = futures_util::future::join_all(calls).await;
+    assert!(done.iter().all(|ok| *ok), "every stream completes");
+    let stats = env.mock_stats().await;
+    assert_eq!(stats["streams_completed"], 250, "{stats}");
+    let connections = stats["connections"].as_u64().expect("count");
+    assert!((3..=4).contains(&connections), "{stats}");
+}
