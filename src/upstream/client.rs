@@ -313,12 +313,28 @@ impl HttpClient {
     /// Sends a request made by [`HttpClient::request`] (which gives it its `Host`) and
     /// returns the answer's head; its body is read from the returned stream, which also
     /// drives the connection.
-    pub async fn send(&self, req: Request<Bytes>) -> Result<Response<Driven>, SendError> {
+    ///
+    /// Not an `async fn`: one would hold its own copy of the request next to the copy in
+    /// the protocol's future, for as long as the answer is awaited.
+    pub fn send(
+        &self,
+        req: Request<Bytes>,
+    ) -> impl Future<Output = Result<Response<Driven>, SendError>> + Send + '_ {
         let key = pool_key(req.uri());
-        let mut req = req.map(Full::new);
+        let req = req.map(Full::new);
         if self.inner.http2 {
-            return self.send_shared(key, req).await;
+            futures_util::future::Either::Left(self.send_shared(key, req))
+        } else {
+            futures_util::future::Either::Right(self.send_http1(key, req))
         }
+    }
+
+    /// [`HttpClient::send`] on an HTTP/1.1 connection of the pool, or a new one.
+    async fn send_http1(
+        &self,
+        key: PoolKey,
+        mut req: Request<Full<Bytes>>,
+    ) -> Result<Response<Driven>, SendError> {
         let target = to_origin_form(&mut req);
         if let Some(conn) = self.checkout(&key) {
             match self.exchange(key.clone(), conn, req).await {
