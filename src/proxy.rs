@@ -83,7 +83,7 @@ async fn run(
         let key = state.auth.authenticate(&parts.headers, &parts.uri).await?;
         (
             key,
-            crate::upstream::forwarded_headers(&parts.headers),
+            crate::upstream::forwarded_headers(dialect, &parts.headers),
             body,
         )
     };

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use bytes::{Bytes, BytesMut};
 use futures_util::stream::{BoxStream, StreamExt};
 use tokio::sync::mpsc;
@@ -31,7 +31,10 @@ use classify::{Class, Failure};
 use pool::{LimitUpdate, Permit, Pool, Select, Target, Waiters};
 
 /// Client request headers forwarded to an Anthropic-format upstream, unchanged.
-const ANTHROPIC_FORWARDED: &[&str] = &["anthropic-version", "anthropic-beta"];
+static ANTHROPIC_FORWARDED: [HeaderName; 2] = [
+    HeaderName::from_static("anthropic-version"),
+    HeaderName::from_static("anthropic-beta"),
+];
 const DEFAULT_ANTHROPIC_VERSION: &str = "2023-06-01";
 /// Error bodies are read whole (to classify them) up to this size.
 const ERROR_BODY_LIMIT: usize = 1 << 20;
@@ -511,9 +514,9 @@ fn build(
 
 /// The client's `anthropic-*` headers, with a default version when it sent none.
 fn anthropic_headers(h: &mut HeaderMap, client_headers: &HeaderMap) {
-    for name in ANTHROPIC_FORWARDED {
-        if let Some(v) = client_headers.get(*name) {
-            h.insert(*name, v.clone());
+    for name in &ANTHROPIC_FORWARDED {
+        if let Some(v) = client_headers.get(name) {
+            h.insert(name.clone(), v.clone());
         }
     }
     if !client_headers.contains_key("anthropic-version") {
@@ -524,17 +527,21 @@ fn anthropic_headers(h: &mut HeaderMap, client_headers: &HeaderMap) {
     }
 }
 
-/// The client's headers that upstream requests carry on (`accept` and the `anthropic-*`
-/// ones), copied: what [`Upstream::send`] needs of the client's request, without holding
-/// on to the request.
-pub fn forwarded_headers(client: &HeaderMap) -> HeaderMap {
+/// The client's headers that upstream requests carry on (`accept`, and the `anthropic-*`
+/// ones for Anthropic clients), copied: what [`Upstream::send`] needs of the client's
+/// request, without holding on to the request.
+pub fn forwarded_headers(dialect: Dialect, client: &HeaderMap) -> HeaderMap {
     let mut out = HeaderMap::new();
-    let names = std::iter::once(header::ACCEPT.as_str()).chain(ANTHROPIC_FORWARDED.iter().copied());
-    for name in names {
-        if let Some(v) = client.get(name) {
-            if let Ok(copy) = HeaderValue::from_bytes(v.as_bytes()) {
-                out.insert(name, copy);
-            }
+    let anthropic: &[HeaderName] = match dialect {
+        Dialect::Anthropic => &ANTHROPIC_FORWARDED,
+        Dialect::OpenAi => &[],
+    };
+    for name in std::iter::once(&header::ACCEPT).chain(anthropic) {
+        if let Some(copy) = client
+            .get(name)
+            .and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok())
+        {
+            out.insert(name.clone(), copy);
         }
     }
     out
@@ -591,6 +598,7 @@ fn plausible_start(chunk: &[u8], is_sse: bool) -> bool {
 #[cfg(test)]
 mod tests {
     use super::{forwarded_headers, plausible_start};
+    use crate::error::Dialect;
     use axum::http::{HeaderMap, HeaderValue};
 
     #[test]
@@ -605,7 +613,8 @@ mod tests {
         client.insert("anthropic-version", HeaderValue::from_static("2023-06-01"));
         client.insert("anthropic-beta", HeaderValue::from_static("tools-2024"));
         client.insert("user-agent", HeaderValue::from_static("sdk"));
-        let kept = forwarded_headers(&client);
+        assert_eq!(forwarded_headers(Dialect::OpenAi, &client).len(), 1);
+        let kept = forwarded_headers(Dialect::Anthropic, &client);
         assert_eq!(kept.len(), 3);
         assert_eq!(kept["accept"], "text/event-stream");
         assert_eq!(kept["anthropic-version"], "2023-06-01");
