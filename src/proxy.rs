@@ -83,7 +83,7 @@ async fn run(
         let key = state.auth.authenticate(&parts.headers, &parts.uri).await?;
         (
             key,
-            crate::upstream::forwarded_headers(dialect, &parts.headers),
+            crate::upstream::Forwarded::of(dialect, &parts.headers),
             body,
         )
     };
@@ -153,7 +153,7 @@ async fn run(
 async fn send_with_fallbacks(
     state: &AppState,
     route: &route::Route,
-    headers: &HeaderMap,
+    forwarded: &crate::upstream::Forwarded,
     mut body: Bytes,
     ledger: &mut Ledger,
 ) -> Result<Opened, ApiError> {
@@ -161,7 +161,7 @@ async fn send_with_fallbacks(
     loop {
         let result = state
             .upstream
-            .send(route.dialect, &ledger.head.model, headers, body.clone())
+            .send(route.dialect, &ledger.head.model, forwarded, body.clone())
             .await;
         let unservable = match &result {
             Err(ApiError::QuotaExhausted { .. } | ApiError::ModelUnavailable(_)) => true,

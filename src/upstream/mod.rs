@@ -31,10 +31,8 @@ use classify::{Class, Failure};
 use pool::{LimitUpdate, Permit, Pool, Select, Target, Waiters};
 
 /// Client request headers forwarded to an Anthropic-format upstream, unchanged.
-static ANTHROPIC_FORWARDED: [HeaderName; 2] = [
-    HeaderName::from_static("anthropic-version"),
-    HeaderName::from_static("anthropic-beta"),
-];
+const ANTHROPIC_VERSION: HeaderName = HeaderName::from_static("anthropic-version");
+const ANTHROPIC_BETA: HeaderName = HeaderName::from_static("anthropic-beta");
 const DEFAULT_ANTHROPIC_VERSION: &str = "2023-06-01";
 /// Error bodies are read whole (to classify them) up to this size.
 const ERROR_BODY_LIMIT: usize = 1 << 20;
@@ -151,7 +149,7 @@ impl Upstream {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        anthropic_headers(h, client_headers);
+        Forwarded::of(Dialect::Anthropic, client_headers).apply(h, Dialect::Anthropic);
         key.authorize(h, Dialect::Anthropic, provider.anthropic_auth);
         match self.client.fetch(req, Duration::from_secs(30)).await {
             Ok((status, body)) if status.is_success() => Some(body),
@@ -196,7 +194,7 @@ impl Upstream {
         &self,
         dialect: Dialect,
         model: &str,
-        client_headers: &HeaderMap,
+        forwarded: &Forwarded,
         body: Bytes,
     ) -> Result<Opened, ApiError> {
         let started = Instant::now();
@@ -235,7 +233,7 @@ impl Upstream {
             }
             let t0 = Instant::now();
             let result = self
-                .attempt(&pool, &target, dialect, client_headers, body.clone())
+                .attempt(&pool, &target, dialect, forwarded, body.clone())
                 .await;
             match result {
                 Ok(mut opened) => {
@@ -370,7 +368,7 @@ impl Upstream {
         pool: &Pool,
         target: &Target,
         dialect: Dialect,
-        client_headers: &HeaderMap,
+        forwarded: &Forwarded,
         body: Bytes,
     ) -> Result<Opened, Failed> {
         let p = &pool.policy;
@@ -395,7 +393,7 @@ impl Upstream {
                 )),
             });
         };
-        let req = build(endpoint, target, dialect, client_headers, body);
+        let req = build(endpoint, target, dialect, forwarded, body);
         let resp = match tokio::time::timeout_at(deadline, self.client.send(req)).await {
             Err(_) => return Err(timeout()),
             Ok(Err(e)) => {
@@ -491,7 +489,7 @@ fn build(
     endpoint: &Endpoint,
     target: &Target,
     dialect: Dialect,
-    client_headers: &HeaderMap,
+    forwarded: &Forwarded,
     body: Bytes,
 ) -> axum::http::Request<Bytes> {
     let mut req = HttpClient::request(Method::POST, endpoint, body);
@@ -500,51 +498,67 @@ fn build(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    if let Some(accept) = client_headers.get(header::ACCEPT) {
-        h.insert(header::ACCEPT, accept.clone());
-    }
-    if dialect == Dialect::Anthropic {
-        anthropic_headers(h, client_headers);
-    }
+    forwarded.apply(h, dialect);
     target
         .key
         .authorize(h, dialect, target.provider.anthropic_auth);
     req
 }
 
-/// The client's `anthropic-*` headers, with a default version when it sent none.
-fn anthropic_headers(h: &mut HeaderMap, client_headers: &HeaderMap) {
-    for name in &ANTHROPIC_FORWARDED {
-        if let Some(v) = client_headers.get(name) {
-            h.insert(name.clone(), v.clone());
+/// The client's headers that upstream requests carry on: `accept`, and for Anthropic
+/// clients the `anthropic-*` ones. Copied out of the client's request, so that it can be let
+/// go: its header values are slices of the connection's read buffer.
+#[derive(Default)]
+pub struct Forwarded {
+    accept: Option<HeaderValue>,
+    anthropic_version: Option<HeaderValue>,
+    anthropic_beta: Option<HeaderValue>,
+}
+
+impl Forwarded {
+    pub fn of(dialect: Dialect, client: &HeaderMap) -> Forwarded {
+        let copy = |name: &HeaderName| client.get(name).and_then(detach);
+        let anthropic = dialect == Dialect::Anthropic;
+        Forwarded {
+            accept: copy(&header::ACCEPT),
+            anthropic_version: anthropic.then(|| copy(&ANTHROPIC_VERSION)).flatten(),
+            anthropic_beta: anthropic.then(|| copy(&ANTHROPIC_BETA)).flatten(),
         }
     }
-    if !client_headers.contains_key("anthropic-version") {
-        h.insert(
-            "anthropic-version",
-            HeaderValue::from_static(DEFAULT_ANTHROPIC_VERSION),
-        );
+
+    /// Adds the headers to an upstream request in `dialect`; an Anthropic-style one gets a
+    /// default version when the client sent none.
+    fn apply(&self, h: &mut HeaderMap, dialect: Dialect) {
+        if let Some(v) = &self.accept {
+            h.insert(header::ACCEPT, v.clone());
+        }
+        if dialect == Dialect::Anthropic {
+            let version = self
+                .anthropic_version
+                .clone()
+                .unwrap_or(HeaderValue::from_static(DEFAULT_ANTHROPIC_VERSION));
+            h.insert(ANTHROPIC_VERSION, version);
+            if let Some(v) = &self.anthropic_beta {
+                h.insert(ANTHROPIC_BETA, v.clone());
+            }
+        }
     }
 }
 
-/// The client's headers that upstream requests carry on (`accept`, and the `anthropic-*`
-/// ones for Anthropic clients), copied: what [`Upstream::send`] needs of the client's
-/// request, without holding on to the request.
-pub fn forwarded_headers(dialect: Dialect, client: &HeaderMap) -> HeaderMap {
-    let mut out = HeaderMap::new();
-    let anthropic: &[HeaderName] = match dialect {
-        Dialect::Anthropic => &ANTHROPIC_FORWARDED,
-        Dialect::OpenAi => &[],
-    };
-    for name in std::iter::once(&header::ACCEPT).chain(anthropic) {
-        if let Some(copy) = client
-            .get(name)
-            .and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok())
-        {
-            out.insert(name.clone(), copy);
-        }
+/// A header value that does not share the client's read buffer: the usual values are
+/// static ones (no allocation, and none when cloned into each attempt), others a copy.
+fn detach(v: &HeaderValue) -> Option<HeaderValue> {
+    const USUAL: [&str; 5] = [
+        "*/*",
+        "application/json",
+        "text/event-stream",
+        "application/json, text/event-stream",
+        DEFAULT_ANTHROPIC_VERSION,
+    ];
+    match USUAL.iter().find(|u| u.as_bytes() == v.as_bytes()) {
+        Some(u) => Some(HeaderValue::from_static(u)),
+        None => HeaderValue::from_bytes(v.as_bytes()).ok(),
     }
-    out
 }
 
 /// A fully read answer, framed by its length.
@@ -597,33 +611,45 @@ fn plausible_start(chunk: &[u8], is_sse: bool) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{forwarded_headers, plausible_start};
+    use super::{plausible_start, Forwarded, DEFAULT_ANTHROPIC_VERSION};
     use crate::error::Dialect;
     use axum::http::{HeaderMap, HeaderValue};
 
     #[test]
-    fn only_the_forwarded_headers_are_kept_and_they_are_copies() {
+    fn only_the_forwarded_headers_go_upstream_and_none_shares_the_clients_buffer() {
         let mut client = HeaderMap::new();
         client.insert(
             "authorization",
             HeaderValue::from_static("Bearer gg-secret"),
         );
         client.insert("x-api-key", HeaderValue::from_static("gg-secret"));
-        client.insert("accept", HeaderValue::from_static("text/event-stream"));
         client.insert("anthropic-version", HeaderValue::from_static("2023-06-01"));
         client.insert("anthropic-beta", HeaderValue::from_static("tools-2024"));
         client.insert("user-agent", HeaderValue::from_static("sdk"));
-        assert_eq!(forwarded_headers(Dialect::OpenAi, &client).len(), 1);
-        let kept = forwarded_headers(Dialect::Anthropic, &client);
-        assert_eq!(kept.len(), 3);
-        assert_eq!(kept["accept"], "text/event-stream");
-        assert_eq!(kept["anthropic-version"], "2023-06-01");
-        assert_eq!(kept["anthropic-beta"], "tools-2024");
-        // A copy, not a slice of the client's request.
-        assert_ne!(
-            kept["accept"].as_bytes().as_ptr(),
-            client["accept"].as_bytes().as_ptr()
-        );
+        // A value as hyper parses it: a slice of a buffer it owns, which must not be kept.
+        let read_buffer = bytes::Bytes::from(b"text/event-stream tools-2024".to_vec());
+        let accept = HeaderValue::from_maybe_shared(read_buffer.slice(0..17)).expect("value");
+        client.insert("accept", accept);
+
+        let mut sent = HeaderMap::new();
+        Forwarded::of(Dialect::Anthropic, &client).apply(&mut sent, Dialect::Anthropic);
+        assert_eq!(sent.len(), 3);
+        assert_eq!(sent["accept"], "text/event-stream");
+        assert_eq!(sent["anthropic-version"], "2023-06-01");
+        assert_eq!(sent["anthropic-beta"], "tools-2024");
+        let within = read_buffer.as_ptr_range();
+        assert!(!within.contains(&sent["accept"].as_bytes().as_ptr()));
+        assert!(!within.contains(&sent["anthropic-beta"].as_bytes().as_ptr()));
+
+        // An OpenAI client's request carries on `accept` only; an Anthropic-style upstream
+        // request gets the default version.
+        let mut sent = HeaderMap::new();
+        Forwarded::of(Dialect::OpenAi, &client).apply(&mut sent, Dialect::OpenAi);
+        assert_eq!(sent.len(), 1);
+        let mut sent = HeaderMap::new();
+        Forwarded::of(Dialect::OpenAi, &client).apply(&mut sent, Dialect::Anthropic);
+        assert_eq!(sent["anthropic-version"], DEFAULT_ANTHROPIC_VERSION);
+        assert!(!sent.contains_key("anthropic-beta"));
     }
 
     #[test]
