@@ -145,6 +145,18 @@ pub fn set_worker(i: usize) {
 /// both parts are reference-counted).
 type PoolKey = (usize, Option<Scheme>, Option<Authority>);
 
+/// The list kept for `key` (by serving thread and origin), added if there is none yet.
+fn entry<T: Default>(lists: &mut Vec<(PoolKey, T)>, key: PoolKey) -> &mut T {
+    let i = match lists.iter().position(|(k, _)| *k == key) {
+        Some(i) => i,
+        None => {
+            lists.push((key, T::default()));
+            lists.len() - 1
+        }
+    };
+    &mut lists[i].1
+}
+
 fn pool_key(uri: &Uri) -> PoolKey {
     (
         WORKER.with(|w| w.get()),
@@ -271,14 +283,7 @@ impl HttpClient {
 
     fn checkin(&self, key: PoolKey, link: Box<Link>) {
         let mut idle = self.inner.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let i = match idle.iter().position(|(k, _)| *k == key) {
-            Some(i) => i,
-            None => {
-                idle.push((key, VecDeque::new()));
-                idle.len() - 1
-            }
-        };
-        let list = &mut idle[i].1;
+        let list = entry(&mut idle, key);
         // The most recently used are taken first, so the oldest sit at the front: expired
         // ones are closed here rather than kept until the list is drained.
         while list
@@ -358,14 +363,7 @@ impl HttpClient {
     /// room; closed connections, and those idle too long, are let go on the way.
     fn checkout_shared(&self, key: PoolKey, uri: &Uri) -> (Connecting, Slot) {
         let mut shared = self.inner.shared.lock().unwrap_or_else(|e| e.into_inner());
-        let i = match shared.iter().position(|(k, _)| *k == key) {
-            Some(i) => i,
-            None => {
-                shared.push((key, Vec::new()));
-                shared.len() - 1
-            }
-        };
-        let list = &mut shared[i].1;
+        let list = entry(&mut shared, key);
         list.retain(|c| {
             let idle = c.load.open.load(Ordering::Relaxed) == 0 && c.used.elapsed() > IDLE_TIMEOUT;
             c.usable() && !idle
@@ -392,9 +390,8 @@ impl HttpClient {
     /// Opens an HTTP/2 connection to `uri` when first awaited; its driving task runs on
     /// the serving thread that awaited it, and keeps `load`'s limit to the server's.
     fn connect_shared(&self, uri: Uri, load: Arc<Load>) -> Connecting {
-        let connector = self.inner.connector.clone();
+        let mut connector = self.inner.connector.clone();
         let connect = async move {
-            let mut connector = connector;
             let io = connector
                 .call(uri)
                 .await
@@ -440,10 +437,7 @@ impl HttpClient {
         let (parts, body) = head.into_parts();
         let driven = Driven {
             body,
-            link: None,
-            pool: self.clone(),
-            key: None,
-            _slot: Some(slot),
+            upkeep: Upkeep::Stream { _slot: slot },
         };
         Ok(Response::from_parts(parts, driven))
     }
@@ -470,13 +464,16 @@ impl HttpClient {
         })
         .await?;
         let (parts, body) = head.into_parts();
-        let driven = Driven {
-            body,
-            link: (!conn_done).then_some(link),
-            pool: self.clone(),
-            key: Some(key),
-            _slot: None,
+        let upkeep = if conn_done {
+            Upkeep::Done
+        } else {
+            Upkeep::Link {
+                link,
+                pool: self.clone(),
+                key,
+            }
         };
+        let driven = Driven { body, upkeep };
         Ok(Response::from_parts(parts, driven))
     }
 
@@ -512,12 +509,22 @@ impl HttpClient {
 /// connection to the pool when it ends.
 pub struct Driven {
     body: Incoming,
-    /// `None` once the connection has ended (or been returned).
-    link: Option<Box<Link>>,
-    pool: HttpClient,
-    key: Option<PoolKey>,
-    /// The stream's place on a shared HTTP/2 connection (then `link` is `None`).
-    _slot: Option<Slot>,
+    upkeep: Upkeep,
+}
+
+/// What an answer's body holds of its connection while it is read.
+enum Upkeep {
+    /// An HTTP/1.1 connection of its own, driven by the reader and put back in the pool
+    /// (under `key`) when the answer ends.
+    Link {
+        link: Box<Link>,
+        pool: HttpClient,
+        key: PoolKey,
+    },
+    /// A stream's place on a shared HTTP/2 connection, given back when the answer ends.
+    Stream { _slot: Slot },
+    /// Nothing: the connection has ended, or gone back to the pool.
+    Done,
 }
 
 impl Driven {
@@ -532,21 +539,21 @@ impl Driven {
                     Err(_trailers) => continue,
                 },
                 Poll::Ready(Some(Err(e))) => {
-                    self.link = None;
+                    self.upkeep = Upkeep::Done;
                     return Poll::Ready(Some(Err(e)));
                 }
                 Poll::Ready(None) => return Poll::Ready(None),
                 Poll::Pending if drove => return Poll::Pending,
                 Poll::Pending => {}
             }
-            let Some(link) = self.link.as_mut() else {
+            let Upkeep::Link { link, .. } = &mut self.upkeep else {
                 return Poll::Pending;
             };
             match link.poll_conn(cx) {
                 Poll::Pending => drove = true,
                 // The connection ended: the body now holds its end (or its error).
                 Poll::Ready(r) => {
-                    self.link = None;
+                    self.upkeep = Upkeep::Done;
                     if let Err(e) = r {
                         return Poll::Ready(Some(Err(e)));
                     }
@@ -555,15 +562,18 @@ impl Driven {
         }
     }
 
-    /// The answer is complete: the connection goes back to the pool if it can take
-    /// another request.
+    /// The answer is complete: an HTTP/1.1 connection goes back to the pool if it can take
+    /// another request; an HTTP/2 stream's place is given back.
     fn release(&mut self, cx: &mut Context<'_>) {
-        let Some(mut link) = self.link.take() else {
-            return;
-        };
-        if link.poll_conn(cx).is_pending() && link.sender.is_ready() {
-            if let Some(key) = self.key.take() {
-                self.pool.checkin(key, link);
+        let upkeep = std::mem::replace(&mut self.upkeep, Upkeep::Done);
+        if let Upkeep::Link {
+            mut link,
+            pool,
+            key,
+        } = upkeep
+        {
+            if link.poll_conn(cx).is_pending() && link.sender.is_ready() {
+                pool.checkin(key, link);
             }
         }
     }
