@@ -83,7 +83,7 @@ struct Last {
     /// `openai` or `anthropic`: which API the last request used.
     api: &'static str,
     /// The HTTP version it came in (`HTTP/1.1`, `HTTP/2.0`).
-    version: String,
+    version: &'static str,
 }
 
 struct Mock {
@@ -292,7 +292,11 @@ async fn respond(
                 anthropic_version: header_str(&headers, "anthropic-version"),
                 body_sha256: hex::encode(Sha256::digest(&body)),
                 api: dialect.as_str(),
-                version: format!("{version:?}"),
+                version: match version {
+                    Version::HTTP_2 => "HTTP/2.0",
+                    Version::HTTP_11 => "HTTP/1.1",
+                    _ => "other",
+                },
             };
         }
         auth.strip_prefix("Bearer ")

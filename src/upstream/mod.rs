@@ -30,7 +30,7 @@ use crate::error::{ApiError, Dialect};
 use classify::{Class, Failure};
 use pool::{LimitUpdate, Permit, Pool, Select, Target, Waiters};
 
-/// Client request headers forwarded to an Anthropic-format upstream, unchanged.
+/// Anthropic client headers carried on to an Anthropic-format upstream (see [`Forwarded`]).
 const ANTHROPIC_VERSION: HeaderName = HeaderName::from_static("anthropic-version");
 const ANTHROPIC_BETA: HeaderName = HeaderName::from_static("anthropic-beta");
 const DEFAULT_ANTHROPIC_VERSION: &str = "2023-06-01";
@@ -508,7 +508,6 @@ fn build(
 /// The client's headers that upstream requests carry on: `accept`, and for Anthropic
 /// clients the `anthropic-*` ones. Copied out of the client's request, so that it can be let
 /// go: its header values are slices of the connection's read buffer.
-#[derive(Default)]
 pub struct Forwarded {
     accept: Option<HeaderValue>,
     anthropic_version: Option<HeaderValue>,
@@ -624,12 +623,13 @@ mod tests {
         );
         client.insert("x-api-key", HeaderValue::from_static("gg-secret"));
         client.insert("anthropic-version", HeaderValue::from_static("2023-06-01"));
-        client.insert("anthropic-beta", HeaderValue::from_static("tools-2024"));
         client.insert("user-agent", HeaderValue::from_static("sdk"));
-        // A value as hyper parses it: a slice of a buffer it owns, which must not be kept.
+        // Values as hyper parses them: slices of a buffer it owns, which must not be kept
+        // (a usual value, which becomes a static one, and another, which is copied).
         let read_buffer = bytes::Bytes::from(b"text/event-stream tools-2024".to_vec());
-        let accept = HeaderValue::from_maybe_shared(read_buffer.slice(0..17)).expect("value");
-        client.insert("accept", accept);
+        let slice = |r| HeaderValue::from_maybe_shared(read_buffer.slice(r)).expect("value");
+        client.insert("accept", slice(0..17));
+        client.insert("anthropic-beta", slice(18..28));
 
         let mut sent = HeaderMap::new();
         Forwarded::of(Dialect::Anthropic, &client).apply(&mut sent, Dialect::Anthropic);
