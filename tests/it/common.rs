@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use glmgate::app::{self, Running};
 use glmgate::config::{self, RawConfig};
 use glmgate::mock::{self, MockOptions};
@@ -181,6 +182,11 @@ impl Env {
             .expect("request sent")
     }
 
+    /// The whole text of an OpenAI-format answer to `body`.
+    pub async fn openai_text(&self, body: &Value) -> String {
+        self.openai(body).await.text().await.expect("body")
+    }
+
     /// `GET path` with the client key, as an Anthropic client when `anthropic` is set.
     pub async fn get_json(&self, path: &str, anthropic: bool) -> Value {
         let mut req = self.http.get(self.url(path)).bearer_auth(&self.key);
@@ -272,4 +278,25 @@ pub fn data_lines(text: &str) -> Vec<&str> {
     text.lines()
         .filter_map(|l| l.strip_prefix("data: "))
         .collect()
+}
+
+/// An Anthropic client that leaves a slow stream after its first event: the gateway cancels
+/// the upstream stream and still records the input tokens that `message_start` carried.
+pub async fn leave_a_stream_after_its_first_event(env: &Env) {
+    let body = with_fault(anthropic_body(true), "slow-chunks=300");
+    let resp = env.anthropic(&body).await;
+    assert_eq!(resp.status(), 200);
+    let mut stream = resp.bytes_stream();
+    let first = stream.next().await.expect("chunk").expect("ok");
+    assert!(String::from_utf8_lossy(&first).contains("message_start"));
+    drop(stream); // the client goes away mid-stream
+    env.wait_mock("upstream stream cancelled", |s| s["streams_cancelled"] == 1)
+        .await;
+    let rows = env.usage_rows(1).await;
+    assert_eq!(rows[0]["outcome"], "client_cancelled");
+    assert!(
+        rows[0]["input_tokens"].as_i64().expect("n") > 0,
+        "{}",
+        rows[0]
+    );
 }

@@ -1,7 +1,6 @@
 //! `upstream.http2`: the gateway speaks HTTP/2 to the upstream (here the mock, over h2c),
 //! carrying many client requests as streams of a few shared connections.
 
-use futures_util::StreamExt;
 use serde_json::Value;
 
 use crate::common::*;
@@ -35,12 +34,7 @@ async fn both_apis_stream_and_answer_over_http2() {
     assert_eq!(stats["last_version"], "HTTP/2.0", "{stats}");
     assert_eq!(stats["last_api"], "openai", "{stats}");
 
-    let text = env
-        .openai(&openai_body(true))
-        .await
-        .text()
-        .await
-        .expect("body");
+    let text = env.openai_text(&openai_body(true)).await;
     assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
     assert!(data_lines(&text).len() > 5, "{text}");
 
@@ -75,25 +69,9 @@ async fn a_client_that_leaves_resets_its_stream_and_is_accounted() {
         ..Opts::default()
     })
     .await;
-    let body = with_fault(anthropic_body(true), "slow-chunks=300");
-    let resp = env.anthropic(&body).await;
-    assert_eq!(resp.status(), 200);
-    let mut stream = resp.bytes_stream();
-    let first = stream.next().await.expect("chunk").expect("ok");
-    assert!(String::from_utf8_lossy(&first).contains("message_start"));
-    drop(stream);
-    env.wait_mock("upstream stream cancelled", |s| s["streams_cancelled"] == 1)
-        .await;
-    let rows = env.usage_rows(1).await;
-    assert_eq!(rows[0]["outcome"], "client_cancelled");
-    assert!(rows[0]["input_tokens"].as_i64() > Some(0), "{}", rows[0]);
+    leave_a_stream_after_its_first_event(&env).await;
     // The connection outlives the reset stream: the next request goes on it.
-    let text = env
-        .openai(&openai_body(true))
-        .await
-        .text()
-        .await
-        .expect("body");
+    let text = env.openai_text(&openai_body(true)).await;
     assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
     assert_eq!(env.mock_stats().await["connections"], 1);
 }
@@ -107,7 +85,7 @@ async fn concurrent_streams_share_connections_of_at_most_a_hundred_streams() {
     // connections are spread over the threads (at least one thread carries 125).
     let body = with_fault(openai_body(true), "slow-chunks=100");
     let calls = (0..250).map(|_| async {
-        let text = env.openai(&body).await.text().await.expect("body");
+        let text = env.openai_text(&body).await;
         text.ends_with("data: [DONE]\n\n")
     });
     let done = futures_util::future::join_all(calls).await;
