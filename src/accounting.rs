@@ -170,13 +170,14 @@ pub fn start(
         batch_size: settings.batch_size,
         capacity: settings.queue_capacity,
     });
-    let mut writer = store.usage_writer()?;
+    let db = store.usage_db()?;
     let (done_tx, done_rx) = oneshot::channel();
     let interval = settings.flush_interval;
     let shared = recorder.clone();
     std::thread::Builder::new()
         .name("glmgate-usage".into())
         .spawn(move || {
+            let mut writer = db.writer();
             loop {
                 let (batch, stop) = shared.next_batch(interval);
                 flush(&mut writer, batch);
