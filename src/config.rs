@@ -188,6 +188,9 @@ pub struct RawServer {
     pub listen: String,
     pub max_body_bytes: usize,
     pub shutdown_grace_secs: u64,
+    /// Longest a client may take to send a request head (idle keep-alive time included) or
+    /// a request body; 0 = no limit.
+    pub client_timeout_secs: u64,
     /// Threads serving requests; 0 means one per CPU.
     pub workers: usize,
 }
@@ -199,6 +202,7 @@ impl Default for RawServer {
             // Anthropic's own limit for Messages requests.
             max_body_bytes: 32 * 1024 * 1024,
             shutdown_grace_secs: 30,
+            client_timeout_secs: 60,
             workers: 0,
         }
     }
@@ -487,6 +491,8 @@ pub struct Settings {
     pub workers: usize,
     pub max_body_bytes: usize,
     pub shutdown_grace: Duration,
+    /// See [`RawServer::client_timeout_secs`]; `None` = no limit.
+    pub client_timeout: Option<Duration>,
     pub store_path: PathBuf,
     pub key_cache_ttl: Duration,
     pub upstream: UpstreamSettings,
@@ -668,6 +674,8 @@ pub fn validate(raw: RawConfig, env_keys: Option<&str>) -> anyhow::Result<Settin
         workers,
         max_body_bytes: raw.server.max_body_bytes,
         shutdown_grace: Duration::from_secs(raw.server.shutdown_grace_secs),
+        client_timeout: (raw.server.client_timeout_secs > 0)
+            .then(|| Duration::from_secs(raw.server.client_timeout_secs)),
         store_path: raw.store.path,
         key_cache_ttl: Duration::from_secs(raw.auth.key_cache_ttl_secs),
         upstream,

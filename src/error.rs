@@ -44,6 +44,8 @@ pub enum ApiError {
     },
     #[error("request body is larger than the limit of {0} bytes")]
     TooLarge(usize),
+    #[error("the request body did not arrive within {0} seconds")]
+    BodyTimeout(u64),
     #[error("no route for {method} {path}")]
     NotFound { method: String, path: String },
     #[error("{0}")]
@@ -95,6 +97,7 @@ impl ApiError {
             }
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::NotFound { .. } | ApiError::ModelUnavailable(_) => StatusCode::NOT_FOUND,
             ApiError::NoUpstream(_) => StatusCode::NOT_IMPLEMENTED,
             ApiError::NoUpstreamKey | ApiError::NoWorkingUpstream { .. } => {
@@ -137,6 +140,7 @@ impl ApiError {
             ApiError::ModelNotAllowed(_) => ("permission_error", "model_not_allowed"),
             ApiError::BadRequest { .. } => ("invalid_request_error", "invalid_request"),
             ApiError::TooLarge(_) => ("invalid_request_error", "request_too_large"),
+            ApiError::BodyTimeout(_) => ("invalid_request_error", "request_timeout"),
             ApiError::NotFound { .. } => ("invalid_request_error", "unknown_url"),
             ApiError::ModelUnavailable(_) => ("invalid_request_error", "model_not_found"),
             ApiError::NoUpstream(_) => ("invalid_request_error", "not_implemented"),
@@ -158,7 +162,9 @@ impl ApiError {
             ApiError::RevokedKey | ApiError::ExpiredKey(_) | ApiError::ModelNotAllowed(_) => {
                 "permission_error"
             }
-            ApiError::BadRequest { .. } | ApiError::NoUpstream(_) => "invalid_request_error",
+            ApiError::BadRequest { .. } | ApiError::NoUpstream(_) | ApiError::BodyTimeout(_) => {
+                "invalid_request_error"
+            }
             ApiError::TooLarge(_) => "request_too_large",
             ApiError::NotFound { .. } | ApiError::ModelUnavailable(_) => "not_found_error",
             ApiError::UpstreamTimeout(_) => "timeout_error",

@@ -87,7 +87,8 @@ async fn run(
             body,
         )
     };
-    let body = request::read_body(body, state.settings.max_body_bytes).await?;
+    let settings = &state.settings;
+    let body = request::read_body(body, settings.max_body_bytes, settings.client_timeout).await?;
     let mut head = request::parse_head(dialect, &body)?;
     let pool = state.upstream.pool();
     let route = state

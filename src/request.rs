@@ -4,6 +4,10 @@
 //! requires (so a client gets a 400 naming the field rather than an upstream surprise) and
 //! pulls out `model` and `stream`. Message contents are skipped, never built.
 
+use std::future::Future;
+use std::task::Poll;
+use std::time::Duration;
+
 use axum::body::{Body, Bytes};
 use serde::de::IgnoredAny;
 use serde::Deserialize;
@@ -41,9 +45,24 @@ struct AnthropicHead<'a> {
     stream: Option<bool>,
 }
 
-/// Reads the whole request body, refusing more than `limit` bytes.
-pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
+/// Reads the whole request body, refusing more than `limit` bytes, and giving up after
+/// `timeout` (a client that stalls or trickles would otherwise hold the request forever).
+pub async fn read_body(
+    body: Body,
+    limit: usize,
+    timeout: Option<Duration>,
+) -> Result<Bytes, ApiError> {
+    let mut read = std::pin::pin!(axum::body::to_bytes(body, limit));
+    // A small body usually came with the head: the timer is set up only if it did not.
+    let first = std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await;
+    let read = match (first, timeout) {
+        (Poll::Ready(read), _) => read,
+        (Poll::Pending, Some(t)) => tokio::time::timeout(t, read)
+            .await
+            .map_err(|_| ApiError::BodyTimeout(t.as_secs()))?,
+        (Poll::Pending, None) => read.await,
+    };
+    let bytes = read.map_err(|e| {
         // `to_bytes` reports an over-long body through a boxed `LengthLimitError` source.
         let too_long = std::error::Error::source(&e)
             .map(|s| s.is::<http_body_util::LengthLimitError>())

@@ -151,6 +151,70 @@ async fn oversized_body_is_413() {
     expect_anthropic_error(env.anthropic(&big).await, 413, "request_too_large").await;
 }
 
+/// A raw connection to the gateway, for what an HTTP client library would not send.
+async fn raw(env: &Env) -> tokio::net::TcpStream {
+    let addr = env.base.trim_start_matches("http://");
+    tokio::net::TcpStream::connect(addr).await.expect("connect")
+}
+
+/// Reads until the gateway closes the connection (bounded, so a hang fails the test).
+async fn read_to_close(tcp: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), tcp.read_to_end(&mut got))
+        .await
+        .expect("the gateway closes the connection")
+        .expect("read");
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[tokio::test]
+async fn clients_that_stall_are_cut_off_after_the_client_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let env = start(Opts {
+        tweak: |raw| raw.server.client_timeout_secs = 1,
+        ..Opts::default()
+    })
+    .await;
+    // An idle keep-alive connection, and a head that never ends (slowloris): closed
+    // without an answer.
+    let mut idle = raw(&env).await;
+    let mut slow = raw(&env).await;
+    slow.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .expect("write");
+    assert_eq!(read_to_close(&mut idle).await, "");
+    assert_eq!(read_to_close(&mut slow).await, "");
+
+    // A body that stops short of its length: 408 in the client's format, per API.
+    for (path, key_header) in [
+        ("/v1/chat/completions", "authorization: Bearer"),
+        ("/v1/messages", "x-api-key:"),
+    ] {
+        let mut tcp = raw(&env).await;
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nhost: x\r\n{key_header} {}\r\n\
+             content-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"model\":",
+            env.key
+        );
+        tcp.write_all(head.as_bytes()).await.expect("write");
+        let answer = read_to_close(&mut tcp).await;
+        assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
+        let body: Value =
+            serde_json::from_str(&answer[answer.find("\r\n\r\n").expect("head") + 4..])
+                .expect("json body");
+        if path.ends_with("messages") {
+            assert_eq!(body["error"]["type"], "invalid_request_error", "{body}");
+        } else {
+            assert_eq!(body["error"]["code"], "request_timeout", "{body}");
+        }
+    }
+    // Nothing reached the upstream, and a well-behaved client is still served.
+    assert_eq!(env.mock_stats().await["requests"], 0);
+    let ok = env.openai(&openai_body(false)).await;
+    assert_eq!(ok.status(), 200);
+}
+
 #[tokio::test]
 async fn unknown_route_is_404_in_each_format() {
     let env = start(Opts::default()).await;
