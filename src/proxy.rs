@@ -87,8 +87,7 @@ async fn run(
             body,
         )
     };
-    let settings = &state.settings;
-    let body = request::read_body(body, settings.max_body_bytes, settings.client_timeout).await?;
+    let body = request::read_body(body, &state.settings).await?;
     let mut head = request::parse_head(dialect, &body)?;
     let pool = state.upstream.pool();
     let route = state

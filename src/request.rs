@@ -6,13 +6,13 @@
 
 use std::future::Future;
 use std::task::Poll;
-use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use crate::config::Settings;
 use crate::error::{ApiError, Dialect};
 
 /// What routing and accounting need from a request body.
@@ -45,17 +45,15 @@ struct AnthropicHead<'a> {
     stream: Option<bool>,
 }
 
-/// Reads the whole request body, refusing more than `limit` bytes, and giving up after
-/// `timeout` (a client that stalls or trickles would otherwise hold the request forever).
-pub async fn read_body(
-    body: Body,
-    limit: usize,
-    timeout: Option<Duration>,
-) -> Result<Bytes, ApiError> {
+/// Reads the whole request body, refusing more than `server.max_body_bytes`, and giving up
+/// after `server.client_timeout_secs` (a client that stalls or trickles would otherwise hold
+/// the request forever).
+pub async fn read_body(body: Body, settings: &Settings) -> Result<Bytes, ApiError> {
+    let limit = settings.max_body_bytes;
     let mut read = std::pin::pin!(axum::body::to_bytes(body, limit));
     // A small body usually came with the head: the timer is set up only if it did not.
     let first = std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await;
-    let read = match (first, timeout) {
+    let read = match (first, settings.client_timeout) {
         (Poll::Ready(read), _) => read,
         (Poll::Pending, Some(t)) => tokio::time::timeout(t, read)
             .await

@@ -269,14 +269,10 @@ async fn count_tokens(State(state): State<Arc<AppState>>, req: Request) -> Respo
     if let Err(e) = state.auth.authenticate(&parts.headers, &parts.uri).await {
         return fail(e);
     }
-    let settings = &state.settings;
-    let body =
-        match crate::request::read_body(body, settings.max_body_bytes, settings.client_timeout)
-            .await
-        {
-            Ok(b) => b,
-            Err(e) => return fail(e),
-        };
+    let body = match crate::request::read_body(body, &state.settings).await {
+        Ok(b) => b,
+        Err(e) => return fail(e),
+    };
     let value: serde_json::Value = match serde_json::from_slice(&body) {
         Ok(v @ serde_json::Value::Object(_)) => v,
         _ => {
