@@ -364,9 +364,10 @@ impl HttpClient {
     fn checkout_shared(&self, key: PoolKey, uri: &Uri) -> (Connecting, Slot) {
         let mut shared = self.inner.shared.lock().unwrap_or_else(|e| e.into_inner());
         let list = entry(&mut shared, key);
+        let now = Instant::now();
         list.retain(|c| {
-            let idle = c.load.open.load(Ordering::Relaxed) == 0 && c.used.elapsed() > IDLE_TIMEOUT;
-            c.usable() && !idle
+            let open = c.load.open.load(Ordering::Relaxed);
+            c.usable() && (open > 0 || now.duration_since(c.used) <= IDLE_TIMEOUT)
         });
         let c = match list.iter().position(|c| c.load.has_room()) {
             Some(i) => &mut list[i],
@@ -378,12 +379,12 @@ impl HttpClient {
                 list.push(Shared {
                     conn: self.connect_shared(uri.clone(), load.clone()),
                     load,
-                    used: Instant::now(),
+                    used: now,
                 });
                 list.last_mut().expect("pushed")
             }
         };
-        c.used = Instant::now();
+        c.used = now;
         (c.conn.clone(), Slot::take(&c.load))
     }
 
