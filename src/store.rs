@@ -11,7 +11,6 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
@@ -373,9 +372,9 @@ impl UsageWriter<'_> {
             let size = statement_rows(rest.len());
             let (rows, tail) = rest.split_at(size);
             rest = tail;
-            let insert = match &mut self.inserts[(size.ilog2() / 2) as usize] {
+            let insert = match &mut self.inserts[size_index(size)] {
                 Some(prepared) => prepared,
-                empty => empty.insert(self.conn.prepare(usage_insert_sql(size))?),
+                empty => empty.insert(self.conn.prepare(&usage_insert_sql(size))?),
             };
             for (i, r) in rows.iter().enumerate() {
                 let mut column = i * USAGE_COLUMNS;
@@ -422,18 +421,21 @@ fn key_row(r: &sqlx::sqlite::SqliteRow) -> sqlx::Result<KeyRow> {
 
 const USAGE_COLUMNS: usize = 16;
 
-/// The text of the usage INSERT for `rows` rows (1, 4, 16 or 64), built once per size.
-fn usage_insert_sql(rows: usize) -> &'static str {
-    static SQL: [OnceLock<String>; 4] = [const { OnceLock::new() }; 4];
-    SQL[(rows.ilog2() / 2) as usize].get_or_init(|| {
-        let row = format!("({})", vec!["?"; USAGE_COLUMNS].join(", "));
-        format!(
-            "INSERT INTO usage_records (ts_ms, request_id, key_id, api, model, stream, status, \
-             outcome, input_tokens, output_tokens, cached_tokens, reasoning_tokens, estimated, \
-             latency_ms, ttfb_ms, upstream) VALUES {}",
-            vec![row; rows].join(", ")
-        )
-    })
+/// The text of the usage INSERT for `rows` rows (1, 4, 16 or 64); built when the writer
+/// first prepares that size.
+fn usage_insert_sql(rows: usize) -> String {
+    let row = format!("({})", vec!["?"; USAGE_COLUMNS].join(", "));
+    format!(
+        "INSERT INTO usage_records (ts_ms, request_id, key_id, api, model, stream, status, \
+         outcome, input_tokens, output_tokens, cached_tokens, reasoning_tokens, estimated, \
+         latency_ms, ttfb_ms, upstream) VALUES {}",
+        vec![row; rows].join(", ")
+    )
+}
+
+/// Which of the four statement sizes (1, 4, 16, 64 rows) `rows` is.
+fn size_index(rows: usize) -> usize {
+    (rows.ilog2() / 2) as usize
 }
 
 /// Rows in the next usage INSERT for `left` rows still to write: the largest power of four
