@@ -83,6 +83,15 @@ pub async fn start(o: Opts) -> Env {
     start_with(mock, dir, settings).await
 }
 
+/// [`start`] with the default options but for `tweak`'s changes to the config.
+pub async fn start_tweaked(tweak: fn(&mut RawConfig)) -> Env {
+    start(Opts {
+        tweak,
+        ..Opts::default()
+    })
+    .await
+}
+
 /// The config file of a gateway in front of the mock at `mock`: the shared parts (listen,
 /// store, admin token, fast flushes) followed by `rest` (providers and accounts).
 pub fn config_text(mock: SocketAddr, dir: &TempDir, rest: &str) -> String {

@@ -171,11 +171,7 @@ async fn read_to_close(tcp: &mut tokio::net::TcpStream) -> String {
 #[tokio::test]
 async fn clients_that_stall_are_cut_off_after_the_client_timeout() {
     use tokio::io::AsyncWriteExt;
-    let env = start(Opts {
-        tweak: |raw| raw.server.client_timeout_secs = 1,
-        ..Opts::default()
-    })
-    .await;
+    let env = start_tweaked(|raw| raw.server.client_timeout_secs = 1).await;
     // An idle keep-alive connection, and a head that never ends (slowloris): closed
     // without an answer.
     let mut idle = raw(&env).await;
@@ -366,11 +362,7 @@ async fn a_rejected_upstream_key_is_a_503_not_the_clients_401() {
 #[tokio::test]
 async fn empty_or_garbage_200_is_a_clean_502() {
     // Every attempt fails here; keep the key's circuit closed to see each answer.
-    let env = start(Opts {
-        tweak: |raw| raw.upstream.breaker.failures = 100,
-        ..Opts::default()
-    })
-    .await;
+    let env = start_tweaked(|raw| raw.upstream.breaker.failures = 100).await;
     for fault in ["empty-200", "garbage-200"] {
         let body = with_fault(openai_body(false), fault);
         let json = expect_openai_error(env.openai(&body).await, 502).await;

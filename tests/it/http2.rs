@@ -6,19 +6,14 @@ use serde_json::Value;
 use crate::common::*;
 
 /// HTTP/2 upstream, two serving threads (each keeps its own upstream connections).
-fn http2() -> Opts {
-    Opts {
-        tweak: |raw| {
-            raw.upstream.http2 = true;
-            raw.server.workers = 2;
-        },
-        ..Opts::default()
-    }
+fn http2(raw: &mut glmgate::config::RawConfig) {
+    raw.upstream.http2 = true;
+    raw.server.workers = 2;
 }
 
 #[tokio::test]
 async fn both_apis_stream_and_answer_over_http2() {
-    let env = start(http2()).await;
+    let env = start_tweaked(http2).await;
 
     let answer: Value = env
         .openai(&openai_body(false))
@@ -61,12 +56,9 @@ async fn both_apis_stream_and_answer_over_http2() {
 #[tokio::test]
 async fn a_client_that_leaves_resets_its_stream_and_is_accounted() {
     // One serving thread, so that every request could use the same upstream connection.
-    let env = start(Opts {
-        tweak: |raw| {
-            raw.upstream.http2 = true;
-            raw.server.workers = 1;
-        },
-        ..Opts::default()
+    let env = start_tweaked(|raw| {
+        raw.upstream.http2 = true;
+        raw.server.workers = 1;
     })
     .await;
     leave_a_stream_after_its_first_event(&env).await;
@@ -78,7 +70,7 @@ async fn a_client_that_leaves_resets_its_stream_and_is_accounted() {
 
 #[tokio::test]
 async fn concurrent_streams_share_connections_of_at_most_a_hundred_streams() {
-    let env = start(http2()).await;
+    let env = start_tweaked(http2).await;
     // 250 streams open at once (28 events 100 ms apart: about 3 s each). Over HTTP/1.1
     // that is 250 upstream connections; over HTTP/2, a hundred streams per connection on
     // each of the two serving threads: 3 or 4 connections, whichever way the client's

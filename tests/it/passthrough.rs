@@ -204,11 +204,7 @@ async fn ready_is_503_without_upstream_keys() {
 #[tokio::test]
 async fn upstream_connections_are_kept_alive_and_reused() {
     // One serving thread: connections are pooled per thread.
-    let env = start(Opts {
-        tweak: |raw| raw.server.workers = 1,
-        ..Opts::default()
-    })
-    .await;
+    let env = start_tweaked(|raw| raw.server.workers = 1).await;
     for i in 0..12 {
         let stream = i % 2 == 1;
         let resp = if i % 4 < 2 {

@@ -191,11 +191,7 @@ async fn count_tokens_is_local_by_default_and_from_the_upstream_when_configured(
         .expect("sent");
     assert_eq!(resp.status(), 401);
 
-    let upstream = start(Opts {
-        tweak: |raw| raw.upstream.count_tokens_upstream = true,
-        ..Opts::default()
-    })
-    .await;
+    let upstream = start_tweaked(|raw| raw.upstream.count_tokens_upstream = true).await;
     let resp = count(&upstream).await.expect("sent");
     assert_eq!(resp.status(), 200);
     assert!(!resp.headers().contains_key("x-glmgate-token-count"));
@@ -270,15 +266,12 @@ async fn reasoning_can_be_shown_as_think_tags_or_stripped_per_key() {
 
 #[tokio::test]
 async fn the_upstream_api_can_be_chosen_per_model_when_both_exist() {
-    let env = start(Opts {
-        tweak: |raw| {
-            raw.admin.token = Some(ADMIN_TOKEN.into());
-            raw.routing.upstream_api = vec![glmgate::config::RawUpstreamApi {
-                model: "glm-4.5*".into(),
-                api: glmgate::config::ApiKind::Openai,
-            }];
-        },
-        ..Opts::default()
+    let env = start_tweaked(|raw| {
+        raw.admin.token = Some(ADMIN_TOKEN.into());
+        raw.routing.upstream_api = vec![glmgate::config::RawUpstreamApi {
+            model: "glm-4.5*".into(),
+            api: glmgate::config::ApiKind::Openai,
+        }];
     })
     .await;
     let explain = env
