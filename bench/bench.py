@@ -184,6 +184,8 @@ def glmgate_conf(tmp, port, mock_port, kind="plain"):
 listen = "127.0.0.1:{port}"
 [store]
 path = "{tmp}/{name}.db"
+[admin]
+token = "{ADMIN_TOKEN}"
 """
     openai = f"http://127.0.0.1:{mock_port}/api/coding/paas/v4" if kind != "anthropic-only" else ""
     anthropic = f"http://127.0.0.1:{mock_port}/api/anthropic" if kind != "openai-only" else ""
@@ -214,6 +216,23 @@ keys = ["bench-upstream-key"]
     with open(path, "w") as f:
         f.write(base + upstream)
     return path
+
+
+ADMIN_TOKEN = "bench-admin-token"
+
+
+def scrape(port):
+    """Sums of glmgate's `/metrics` series by name (metrics are on, as by default)."""
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/metrics",
+                                 headers={"authorization": f"Bearer {ADMIN_TOKEN}"})
+    sums = {}
+    with urllib.request.urlopen(req, timeout=10) as r:
+        for line in r.read().decode().splitlines():
+            if line and not line.startswith("#"):
+                series, value = line.rsplit(" ", 1)
+                name = series.split("{", 1)[0]
+                sums[name] = sums.get(name, 0) + float(value)
+    return sums
 
 
 def mock_requests(port):
@@ -286,6 +305,8 @@ class Rig:
             wait_port(port, deadline=120)
             self.gateways[kind] = (port, key, proc)
         self.key, self.gg = self.gateways["plain"][1], self.gateways["plain"][2]
+        # Requests sent to the plain gateway, to check against what its metrics counted.
+        self.sent_plain = 0
         self.litellm = None
         if litellm:
             # Two worker processes, as glmgate has two serving threads on this machine.
@@ -363,6 +384,8 @@ def measure(rig, target, scenario, concurrency, duration, rate=None):
     r["cpu_us_per_req"] = ((cpu_seconds(pid) - cpu0) * 1e6 / sent) if pid else None
     # Upstream requests per request sent (warm-up included on both sides).
     r["attempts_per_req"] = (mock_requests(rig.mock_port) - up0) / sent
+    if target == "glmgate":
+        rig.sent_plain += sent
     return r
 
 
@@ -414,9 +437,15 @@ def run_table(args):
             open_loop[t] = measure(rig, t, "openai", 0, args.duration, rate=args.rate)
         peak = {t: rss_mb(p.pid, "VmHWM") for t, p in
                 (("glmgate", rig.gg), ("nginx", rig.nginx), ("litellm", rig.litellm)) if p}
+        time.sleep(1.5)  # one usage flush interval: the last requests reach the metrics
+        counted = scrape(rig.gg_port)
     finally:
         procs.stop_all()
     report = render(rows, open_loop, idle, peak, args)
+    report += (f"\nglmgate's `/metrics` (scraped at the end): {counted.get('glmgate_requests_total', 0):,.0f} "
+               f"requests counted of {rig.sent_plain:,} sent to it, "
+               f"{counted.get('glmgate_rejected_total', 0):,.0f} refused, "
+               f"{counted.get('glmgate_usage_records_lost_total', 0):,.0f} usage records lost.\n")
     os.makedirs(RESULTS, exist_ok=True)
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d-%H%M")
     for name in (f"{stamp}.md", "latest.md"):

@@ -12,6 +12,7 @@ use tokio::sync::oneshot;
 
 use crate::config::AccountingSettings;
 use crate::meter::Usage;
+use crate::metrics::Metrics;
 use crate::store::{Store, UsageWriter};
 
 /// How a request ended, for accounting and logs.
@@ -54,8 +55,10 @@ pub struct UsageRecord {
     pub usage: Usage,
     /// True when the upstream reported no usage and the counts are the gateway's estimate.
     pub estimated: bool,
-    pub latency_ms: u64,
-    pub ttfb_ms: Option<u64>,
+    /// From the request's arrival to the end of its response.
+    pub latency_us: u64,
+    /// From the request's arrival to the upstream answer's head.
+    pub ttfb_us: Option<u64>,
     /// `provider/account` that answered, if any did.
     pub account: Option<std::sync::Arc<str>>,
 }
@@ -72,6 +75,8 @@ pub struct Recorder {
     wake: Condvar,
     batch_size: usize,
     capacity: usize,
+    /// Fed from each batch on the writer's thread, when metrics are on.
+    metrics: Option<Arc<Metrics>>,
 }
 
 #[derive(Debug)]
@@ -85,6 +90,9 @@ impl Recorder {
         let mut buffer = self.lock();
         if buffer.records.len() >= self.capacity {
             drop(buffer);
+            if let Some(m) = &self.metrics {
+                m.lost_queue_full();
+            }
             tracing::error!("usage buffer full; a usage record was lost");
             return;
         }
@@ -156,10 +164,11 @@ impl Drop for RecorderHandle {
     }
 }
 
-/// Starts the writer thread on its own connection to `store`.
+/// Starts the writer thread on its own connection to `store`; it also feeds `metrics`.
 pub fn start(
     store: &Store,
     settings: &AccountingSettings,
+    metrics: Option<Arc<Metrics>>,
 ) -> anyhow::Result<(Arc<Recorder>, RecorderHandle)> {
     let recorder = Arc::new(Recorder {
         buffer: Mutex::new(Buffer {
@@ -169,6 +178,7 @@ pub fn start(
         wake: Condvar::new(),
         batch_size: settings.batch_size,
         capacity: settings.queue_capacity,
+        metrics,
     });
     let db = store.usage_db()?;
     let (done_tx, done_rx) = oneshot::channel();
@@ -180,7 +190,13 @@ pub fn start(
             let mut writer = db.writer();
             loop {
                 let (batch, stop) = shared.next_batch(interval);
-                flush(&mut writer, batch);
+                if let Some(m) = &shared.metrics {
+                    m.observe(&batch);
+                }
+                let lost = flush(&mut writer, batch);
+                if let (Some(m), 1..) = (&shared.metrics, lost) {
+                    m.lost_write_failed(lost);
+                }
                 if stop {
                     break;
                 }
@@ -196,14 +212,15 @@ pub fn start(
     ))
 }
 
-fn flush(writer: &mut UsageWriter, batch: Vec<UsageRecord>) {
+/// Stores a batch; returns how many records were lost.
+fn flush(writer: &mut UsageWriter, batch: Vec<UsageRecord>) -> usize {
     if batch.is_empty() {
-        return;
+        return 0;
     }
     // One retry: SQLite can be briefly busy (another process running `glmgate keys`).
     for attempt in 0..2 {
         match writer.insert(&batch) {
-            Ok(()) => return,
+            Ok(()) => return 0,
             Err(e) if attempt == 0 => {
                 tracing::warn!(error = %e, "usage batch write failed; retrying");
                 std::thread::sleep(Duration::from_millis(200));
@@ -211,6 +228,7 @@ fn flush(writer: &mut UsageWriter, batch: Vec<UsageRecord>) {
             Err(e) => tracing::error!(error = %e, records = batch.len(), "usage batch lost"),
         }
     }
+    batch.len()
 }
 
 #[cfg(test)]
@@ -230,7 +248,7 @@ mod tests {
     #[tokio::test]
     async fn a_full_batch_is_written_without_waiting_for_the_interval() {
         let (_dir, store, key_id) = store_with_key().await;
-        let (recorder, handle) = start(&store, &settings(3)).expect("start");
+        let (recorder, handle) = start(&store, &settings(3), None).expect("start");
         // Let the writer reach its wait first, so that only the full batch can wake it.
         tokio::time::sleep(Duration::from_millis(100)).await;
         for i in 0..3 {
@@ -260,7 +278,7 @@ mod tests {
         let (_dir, store, key_id) = store_with_key().await;
         let mut s = settings(1000);
         s.queue_capacity = 5;
-        let (recorder, handle) = start(&store, &s).expect("start");
+        let (recorder, handle) = start(&store, &s, None).expect("start");
         for i in 0..7 {
             recorder.record(record(key_id, i));
         }

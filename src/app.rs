@@ -29,11 +29,17 @@ pub struct AppState {
     pub router: crate::route::Router,
     pub upstream: Arc<Upstream>,
     pub recorder: Arc<Recorder>,
+    /// `None` when `metrics.enabled` is off.
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 pub async fn build_state(settings: Settings) -> anyhow::Result<(Arc<AppState>, RecorderHandle)> {
     let store = Store::open(&settings.store_path).await?;
-    let (recorder, recorder_handle) = accounting::start(&store, &settings.accounting)?;
+    let metrics = settings
+        .metrics
+        .map(|_| Arc::new(crate::metrics::Metrics::new()));
+    let (recorder, recorder_handle) =
+        accounting::start(&store, &settings.accounting, metrics.clone())?;
     let restored = store.load_limits().await?;
     if !restored.is_empty() {
         tracing::info!(
@@ -49,6 +55,7 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<(Arc<AppState>, R
         upstream: Arc::new(Upstream::new(&settings.upstream, &restored, limits_tx)?),
         store,
         recorder,
+        metrics,
         settings,
     };
     Ok((Arc::new(state), recorder_handle))

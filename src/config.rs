@@ -38,6 +38,7 @@ pub struct RawConfig {
     pub accounting: RawAccounting,
     pub log: RawLog,
     pub admin: RawAdmin,
+    pub metrics: RawMetrics,
     pub routing: RawRouting,
     /// Upstream providers, each with accounts and their keys. When empty, the `[upstream]`
     /// shorthand (`preset`, base URLs, `keys`, `ZAI_API_KEY`) makes one provider.
@@ -146,6 +147,25 @@ pub const DEFAULT_ALIASES: &[(&str, &str)] =
 pub struct RawAdmin {
     /// Bearer token for `/admin/*`; without one the admin API is off.
     pub token: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawMetrics {
+    /// Serve `GET /metrics` (Prometheus/OpenMetrics text) and keep its series.
+    pub enabled: bool,
+    /// Scrapes must send `Authorization: Bearer <admin.token>`; `false` leaves the
+    /// endpoint open to whoever can reach the port.
+    pub require_admin_token: bool,
+}
+
+impl Default for RawMetrics {
+    fn default() -> Self {
+        RawMetrics {
+            enabled: true,
+            require_admin_token: true,
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -497,6 +517,8 @@ pub struct Settings {
     pub key_cache_ttl: Duration,
     pub upstream: UpstreamSettings,
     pub admin_token: Option<Secret>,
+    /// `GET /metrics`: `None` when off; `Some(true)` when it needs the admin token.
+    pub metrics: Option<bool>,
     /// Model routing, validated; `aliases` already ends with the shipped defaults unless
     /// they were turned off.
     pub routing: RawRouting,
@@ -684,6 +706,10 @@ pub fn validate(raw: RawConfig, env_keys: Option<&str>) -> anyhow::Result<Settin
             .token
             .filter(|t| !t.trim().is_empty())
             .map(Secret::new),
+        metrics: raw
+            .metrics
+            .enabled
+            .then_some(raw.metrics.require_admin_token),
         routing: routing(raw.routing)?,
         source: None,
         accounting: AccountingSettings {

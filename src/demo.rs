@@ -56,6 +56,7 @@ glmgate demo is running: the real gateway, in front of the built-in mock Z.AI up
   Your usage:      curl -s {base}/stats -H "Authorization: Bearer {secret}"
   Admin token:     {admin_token}
   Upstreams:       curl -s {base}/admin/upstreams -H "Authorization: Bearer {admin_token}"
+  Metrics:         curl -s {base}/metrics -H "Authorization: Bearer {admin_token}"
 
 Try it:
   curl -s {base}/v1/chat/completions -H "Authorization: Bearer {secret}" \

@@ -130,6 +130,38 @@ impl ApiError {
         }
     }
 
+    /// Every error's OpenAI `code`, the `reason` label of `glmgate_rejected_total`.
+    pub const KINDS: [&'static str; 19] = [
+        "missing_api_key",
+        "invalid_api_key",
+        "api_key_revoked",
+        "api_key_expired",
+        "model_not_allowed",
+        "invalid_request",
+        "request_too_large",
+        "request_timeout",
+        "unknown_url",
+        "model_not_found",
+        "not_implemented",
+        "no_upstream_key",
+        "no_working_upstream_key",
+        "upstream_quota_exhausted",
+        "rate_limit_exceeded",
+        "upstream_unreachable",
+        "upstream_timeout",
+        "upstream_invalid_response",
+        "internal_error",
+    ];
+
+    /// This error's place in [`ApiError::KINDS`].
+    pub fn kind_index(&self) -> usize {
+        let code = self.openai_kind().1;
+        Self::KINDS
+            .iter()
+            .position(|k| *k == code)
+            .unwrap_or(Self::KINDS.len() - 1)
+    }
+
     /// OpenAI's `(type, code)` pair for this error.
     fn openai_kind(&self) -> (&'static str, &'static str) {
         match self {
@@ -254,5 +286,45 @@ mod tests {
     fn internal_detail_is_not_rendered() {
         let body = ApiError::Internal("db password wrong".into()).body(Dialect::OpenAi, "r");
         assert!(!body.to_string().contains("password"));
+    }
+
+    #[test]
+    fn every_error_has_its_own_metrics_reason() {
+        let s = String::new;
+        let all = [
+            ApiError::MissingKey,
+            ApiError::InvalidKey,
+            ApiError::RevokedKey,
+            ApiError::ExpiredKey(s()),
+            ApiError::ModelNotAllowed(s()),
+            ApiError::bad_request("x", None),
+            ApiError::TooLarge(1),
+            ApiError::BodyTimeout(1),
+            ApiError::NotFound {
+                method: s(),
+                path: s(),
+            },
+            ApiError::ModelUnavailable(s()),
+            ApiError::NoUpstream(s()),
+            ApiError::NoUpstreamKey,
+            ApiError::NoWorkingUpstream {
+                message: s(),
+                retry_after_secs: 1,
+            },
+            ApiError::QuotaExhausted {
+                message: s(),
+                retry_after_secs: 1,
+            },
+            ApiError::Saturated {
+                message: s(),
+                retry_after_secs: 1,
+            },
+            ApiError::UpstreamUnreachable(s()),
+            ApiError::UpstreamTimeout(1),
+            ApiError::UpstreamInvalid(s()),
+            ApiError::Internal(s()),
+        ];
+        let indexes: Vec<usize> = all.iter().map(ApiError::kind_index).collect();
+        assert_eq!(indexes, (0..ApiError::KINDS.len()).collect::<Vec<_>>());
     }
 }

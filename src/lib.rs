@@ -10,7 +10,7 @@
 //! | admit (client quotas: a seam for later) | [`proxy`] |
 //! | admit upstream, send, retry elsewhere before the first byte | [`upstream`] |
 //! | stream the answer back, metering usage as it passes | [`meter`], [`proxy`] |
-//! | record usage in batches | [`accounting`], [`store`] |
+//! | record usage in batches (and count it in the metrics) | [`accounting`], [`store`], [`metrics`] |
 //!
 //! [`app`] assembles the router and serves it, [`balance`] spreading connections over the
 //! serving threads; [`config`] loads TOML with env overrides;
@@ -29,6 +29,7 @@ pub mod demo;
 pub mod error;
 pub mod logging;
 pub mod meter;
+pub mod metrics;
 pub mod mock;
 pub mod proxy;
 pub mod request;

@@ -73,6 +73,81 @@ async fn run(
     request_id: &str,
     started: Instant,
 ) -> Result<Response, ApiError> {
+    let mut a = match admit(state, dialect, req).await {
+        Ok(a) => a,
+        Err(e) => {
+            if let Some(m) = &state.metrics {
+                m.rejected(dialect, &e);
+            }
+            return Err(e);
+        }
+    };
+    // Client-key quotas slot in here; upstream admission happens in `upstream.send`.
+    let mut ledger = Ledger {
+        recorder: state.recorder.clone(),
+        request_id: request_id.to_string(),
+        key_id: a.key.id,
+        dialect,
+        head: a.head,
+        started,
+        request_bytes: a.request_bytes,
+        meter_dialect: a.route.dialect,
+        status: StatusCode::BAD_GATEWAY,
+        outcome: None,
+        ttfb_us: None,
+        meter: None,
+        account: None,
+        attempts: 0,
+    };
+    let mut opened =
+        match send_with_fallbacks(state, &a.route, &a.forwarded, a.body, &mut ledger).await {
+            Ok(o) => o,
+            Err(e) => return Err(ledger.fail(e)),
+        };
+    let reasoning = a
+        .key
+        .reasoning
+        .as_deref()
+        .and_then(ReasoningMode::parse)
+        .unwrap_or(state.router.reasoning());
+    let policy = &a.pool.policy;
+    if let Err(e) = rewrite_whole(
+        &mut opened,
+        &mut a.translation,
+        reasoning,
+        &mut ledger,
+        policy.idle_timeout,
+    )
+    .await
+    {
+        return Err(ledger.fail(e));
+    }
+    Ok(stream_back(
+        opened,
+        ledger,
+        policy,
+        a.translation,
+        reasoning,
+    ))
+}
+
+/// A request that passed the gateway's own checks, ready to go upstream.
+struct Admitted {
+    key: Arc<crate::store::KeyRow>,
+    forwarded: crate::upstream::Forwarded,
+    head: RequestHead,
+    route: route::Route,
+    pool: Arc<crate::upstream::pool::Pool>,
+    /// In the upstream's format, with the routed model.
+    body: bytes::Bytes,
+    /// The size of the client's body.
+    request_bytes: usize,
+    translation: Option<Translation>,
+}
+
+/// Authenticates, reads and validates the body, routes it and puts it in the upstream's
+/// format. Nothing has gone upstream when this fails.
+async fn admit(state: &AppState, dialect: Dialect, req: Request) -> Result<Admitted, ApiError> {
     // The request's head is let go at the end of this block, keeping copies of the few
     // headers sent on: its values are slices of the connection's read buffer, and holding
     // them while the answer is awaited would keep that buffer alive and make the connection
@@ -100,52 +175,23 @@ async fn run(
     } else {
         body
     };
-    let (body, mut translation) = match route.translate {
+    let (body, translation) = match route.translate {
         None => (body, None),
         Some(direction) => {
             let (body, t) = Translation::request(direction, &body)?;
             (body, Some(t))
         }
     };
-    // Client-key quotas slot in here; upstream admission happens in `upstream.send`.
-    let mut ledger = Ledger {
-        recorder: state.recorder.clone(),
-        request_id: request_id.to_string(),
-        key_id: key.id,
-        dialect,
+    Ok(Admitted {
+        key,
+        forwarded,
         head,
-        started,
+        route,
+        pool,
+        body,
         request_bytes,
-        meter_dialect: route.dialect,
-        status: StatusCode::BAD_GATEWAY,
-        outcome: None,
-        ttfb_ms: None,
-        meter: None,
-        account: None,
-        attempts: 0,
-    };
-    let mut opened = match send_with_fallbacks(state, &route, &forwarded, body, &mut ledger).await {
-        Ok(o) => o,
-        Err(e) => return Err(ledger.fail(e)),
-    };
-    let reasoning = key
-        .reasoning
-        .as_deref()
-        .and_then(ReasoningMode::parse)
-        .unwrap_or(state.router.reasoning());
-    let policy = &pool.policy;
-    if let Err(e) = rewrite_whole(
-        &mut opened,
-        &mut translation,
-        reasoning,
-        &mut ledger,
-        policy.idle_timeout,
-    )
-    .await
-    {
-        return Err(ledger.fail(e));
-    }
-    Ok(stream_back(opened, ledger, policy, translation, reasoning))
+        translation,
+    })
 }
 
 /// Sends upstream; when no account can serve the model (plan or quota), tries the route's
@@ -240,7 +286,7 @@ fn stream_back(
         }
     }
     let is_sse = opened.is_sse;
-    ledger.ttfb_ms = Some(ledger.started.elapsed().as_millis() as u64);
+    ledger.ttfb_us = Some(ledger.started.elapsed().as_micros() as u64);
     ledger.meter = Some(Meter::new(ledger.meter_dialect, is_sse));
     if is_sse && !headers.contains_key(header::CACHE_CONTROL) {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
@@ -312,7 +358,7 @@ struct Ledger {
     status: StatusCode,
     /// Set when the end is known; `None` at drop means the client went away.
     outcome: Option<Outcome>,
-    ttfb_ms: Option<u64>,
+    ttfb_us: Option<u64>,
     meter: Option<Meter>,
     /// `provider/account` that answered, and how many attempts it took.
     account: Option<Arc<str>>,
@@ -335,7 +381,7 @@ impl Drop for Ledger {
             Some(u) => (u, false),
             // No usage from the upstream: estimate from what passed (about 4 bytes a token
             // of prompt; one token per streamed event), and say it is an estimate.
-            None if self.ttfb_ms.is_some() && self.status.is_success() => (
+            None if self.ttfb_us.is_some() && self.status.is_success() => (
                 Usage {
                     input_tokens: (self.request_bytes as u64).div_ceil(4),
                     output_tokens: metered.events,
@@ -345,7 +391,7 @@ impl Drop for Ledger {
             ),
             None => (Usage::default(), false),
         };
-        let latency_ms = self.started.elapsed().as_millis() as u64;
+        let latency_us = self.started.elapsed().as_micros() as u64;
         tracing::info!(
             request_id = self.request_id.as_str(),
             key_id = self.key_id,
@@ -358,8 +404,8 @@ impl Drop for Ledger {
             output_tokens = usage.output_tokens,
             cached_tokens = usage.cached_tokens,
             estimated,
-            ttfb_ms = self.ttfb_ms,
-            latency_ms,
+            ttfb_ms = self.ttfb_us.map(|us| us / 1000),
+            latency_ms = latency_us / 1000,
             upstream = self.account.as_deref(),
             attempts = self.attempts,
             "request"
@@ -375,8 +421,8 @@ impl Drop for Ledger {
             outcome,
             usage,
             estimated,
-            latency_ms,
-            ttfb_ms: self.ttfb_ms,
+            latency_us,
+            ttfb_us: self.ttfb_us,
             account: self.account.take(),
         });
     }
@@ -712,7 +758,7 @@ mod tests {
             request_bytes: body.len(),
             status: StatusCode::OK,
             outcome: None,
-            ttfb_ms: None,
+            ttfb_us: None,
             meter: None,
             account: None,
             attempts: 1,

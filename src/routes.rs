@@ -2,7 +2,8 @@
 //! client key except the short public list below.
 //!
 //! Public: `GET /health`, `GET /ready`, and Claude Code's telemetry (`/api/event_logging/*`),
-//! which is answered 204 locally and never reaches the upstream.
+//! which is answered 204 locally and never reaches the upstream. `GET /metrics` and
+//! `/admin/*` need the admin token (`/metrics` can be opened up in the config).
 
 use std::sync::Arc;
 
@@ -91,6 +92,7 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
         .route("/stats", get(stats))
         .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
         .route("/admin/upstreams", get(admin_upstreams))
         .route("/admin/reload", post(admin_reload))
         .route(
@@ -234,6 +236,28 @@ fn admin_refusal(state: &AppState, headers: &HeaderMap) -> Option<Response> {
         ));
     }
     None
+}
+
+/// `GET /metrics`: Prometheus (OpenMetrics text); needs the admin token unless
+/// `metrics.require_admin_token` is off, and answers 404 when `metrics.enabled` is off.
+async fn metrics(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    let (Some(metrics), Some(needs_token)) = (&state.metrics, state.settings.metrics) else {
+        return not_found(req).await;
+    };
+    if needs_token {
+        if let Some(r) = admin_refusal(&state, req.headers()) {
+            return r;
+        }
+    }
+    let text = metrics.render(&state.upstream.pool().gauges());
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            crate::metrics::CONTENT_TYPE,
+        )],
+        text,
+    )
+        .into_response()
 }
 
 /// `GET /admin/upstreams`: every account and key (labels, never secrets) with its state.

@@ -395,8 +395,8 @@ impl UsageWriter<'_> {
                 bind(&(r.usage.cached_tokens as i64))?;
                 bind(&(r.usage.reasoning_tokens as i64))?;
                 bind(&r.estimated)?;
-                bind(&(r.latency_ms as i64))?;
-                bind(&r.ttfb_ms.map(|v| v as i64))?;
+                bind(&((r.latency_us / 1000) as i64))?;
+                bind(&r.ttfb_us.map(|v| (v / 1000) as i64))?;
                 bind(&r.account.as_deref())?;
             }
             insert.raw_execute()?;
@@ -492,8 +492,8 @@ pub(crate) mod testing {
                 ..Default::default()
             },
             estimated: false,
-            latency_ms: 1,
-            ttfb_ms: None,
+            latency_us: 1000,
+            ttfb_us: None,
             account: None,
         }
     }

@@ -252,6 +252,14 @@ impl KeyRt {
         });
         latency + failing + recent + f64::from(self.in_flight) * 0.25
     }
+    /// One of [`CIRCUIT_STATES`].
+    fn circuit_name(&self, now: Instant) -> &'static str {
+        match self.circuit {
+            Circuit::Closed { .. } => "closed",
+            Circuit::Open { until } if until > now => "open",
+            Circuit::Open { .. } | Circuit::HalfOpen { .. } => "half_open",
+        }
+    }
 }
 
 struct AccountRt {
@@ -267,6 +275,25 @@ struct AccountRt {
     keys: Vec<KeyRt>,
     /// From the quota monitor, when polled.
     quota: Option<QuotaReading>,
+}
+
+impl AccountRt {
+    /// One of [`ACCOUNT_STATES`].
+    fn state_name(&self, now: Instant) -> &'static str {
+        let benched = self.bench.as_ref().is_some_and(|b| b.until > now);
+        let used_up = self.quota.as_ref().is_some_and(|q| {
+            q.used_percent >= 100.0 && q.next_reset.is_some_and(|t| t > Utc::now())
+        });
+        if benched || used_up {
+            "benched"
+        } else if self.cooldown_until.is_some_and(|c| c > now) {
+            "cooling_down"
+        } else if self.keys.iter().all(|k| k.disabled.is_some()) {
+            "no_usable_key"
+        } else {
+            "active"
+        }
+    }
 }
 
 /// What the upstream's quota monitor said about an account.
@@ -893,19 +920,7 @@ impl Pool {
                         let rt = a.state.lock();
                         let benched = rt.bench.as_ref().filter(|b| b.until > now);
                         let cooling = rt.cooldown_until.filter(|c| *c > now);
-                        let used_up = rt.quota.as_ref().is_some_and(|q| {
-                            q.used_percent >= 100.0
-                                && q.next_reset.is_some_and(|t| t > Utc::now())
-                        });
-                        let state = if benched.is_some() || used_up {
-                            "benched"
-                        } else if cooling.is_some() {
-                            "cooling_down"
-                        } else if rt.keys.iter().all(|k| k.disabled.is_some()) {
-                            "no_usable_key"
-                        } else {
-                            "active"
-                        };
+                        let state = rt.state_name(now);
                         let models: serde_json::Map<String, Value> = rt
                             .models
                             .iter()
@@ -926,15 +941,11 @@ impl Pool {
                             .keys
                             .iter()
                             .map(|k| {
-                                let (circuit, open_until) = match k.circuit {
-                                    Circuit::Closed { .. } => ("closed", None),
-                                    Circuit::Open { until } if until > now => {
-                                        ("open", Some(wall(until)))
-                                    }
-                                    Circuit::Open { .. } | Circuit::HalfOpen { .. } => {
-                                        ("half_open", None)
-                                    }
+                                let open_until = match k.circuit {
+                                    Circuit::Open { until } if until > now => Some(wall(until)),
+                                    _ => None,
                                 };
+                                let circuit = k.circuit_name(now);
                                 json!({
                                     "key": k.label.as_ref(),
                                     "state": if k.disabled.is_some() { "disabled" } else { "active" },
@@ -986,6 +997,79 @@ impl Pool {
             })
             .collect();
         json!({ "providers": providers })
+    }
+}
+
+/// Account states, as `GET /metrics` labels them.
+pub const ACCOUNT_STATES: [&str; 4] = ["active", "cooling_down", "benched", "no_usable_key"];
+/// Circuit breaker states, as `GET /metrics` labels them.
+pub const CIRCUIT_STATES: [&str; 3] = ["closed", "open", "half_open"];
+
+/// An account's state for `GET /metrics` (labels only, never secrets).
+pub struct AccountGauges {
+    pub account: Arc<str>,
+    /// One of [`ACCOUNT_STATES`].
+    pub state: &'static str,
+    pub in_flight: u32,
+    pub quota_used_percent: Option<f64>,
+    pub models: Vec<ModelGauges>,
+    pub keys: Vec<KeyGauges>,
+}
+
+pub struct ModelGauges {
+    pub model: String,
+    pub in_flight: u32,
+    pub adaptive_limit: Option<f64>,
+}
+
+pub struct KeyGauges {
+    /// The key's label: account and a hash prefix.
+    pub key: Arc<str>,
+    pub in_flight: u32,
+    pub requests: u64,
+    pub failures: u64,
+    pub health_score: f64,
+    /// One of [`CIRCUIT_STATES`].
+    pub circuit: &'static str,
+}
+
+impl Pool {
+    /// Every account's state, for `GET /metrics`.
+    pub fn gauges(&self) -> Vec<AccountGauges> {
+        let now = Instant::now();
+        self.accounts
+            .iter()
+            .map(|a| {
+                let rt = a.state.lock();
+                AccountGauges {
+                    account: a.id.clone(),
+                    state: rt.state_name(now),
+                    in_flight: rt.in_flight,
+                    quota_used_percent: rt.quota.as_ref().map(|q| q.used_percent),
+                    models: rt
+                        .models
+                        .iter()
+                        .map(|(name, m)| ModelGauges {
+                            model: name.clone(),
+                            in_flight: m.in_flight,
+                            adaptive_limit: m.aimd.limit().map(f64::from),
+                        })
+                        .collect(),
+                    keys: rt
+                        .keys
+                        .iter()
+                        .map(|k| KeyGauges {
+                            key: k.label.clone(),
+                            in_flight: k.in_flight,
+                            requests: k.requests,
+                            failures: k.failures,
+                            health_score: k.score(now),
+                            circuit: k.circuit_name(now),
+                        })
+                        .collect(),
+                }
+            })
+            .collect()
     }
 }
 

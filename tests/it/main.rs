@@ -6,6 +6,7 @@ mod errors;
 mod golden;
 mod http2;
 mod lifecycle;
+mod metrics;
 mod passthrough;
 mod pools;
 mod streaming;
