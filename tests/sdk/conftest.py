@@ -12,6 +12,7 @@ import urllib.request
 
 import pytest
 
+ADMIN_TOKEN = "sdk-admin-token"
 BIN = os.environ.get("GLMGATE_BIN", os.path.join(os.path.dirname(__file__), "../../target/debug/glmgate"))
 
 
@@ -42,6 +43,13 @@ class Gateway:
     def mock_stats(self):
         with urllib.request.urlopen(f"{self.mock}/_mock/stats") as r:
             return json.load(r)
+
+    def metrics(self):
+        """`GET /metrics` with the admin token, as text."""
+        req = urllib.request.Request(f"{self.base}/metrics", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+        with urllib.request.urlopen(req) as r:
+            assert r.headers["content-type"].startswith("application/openmetrics-text")
+            return r.read().decode()
 
     def stats(self):
         req = urllib.request.Request(f"{self.base}/stats", headers={"Authorization": f"Bearer {self.key}"})
@@ -79,6 +87,8 @@ anthropic_base_url = "{anthropic}"
 keys = ["sdk-upstream-key"]
 [accounting]
 flush_interval_ms = 50
+[admin]
+token = "{ADMIN_TOKEN}"
 """)
         key = subprocess.run([BIN, "keys", "create", "--name", "sdk", "--config", config],
                              check=True, capture_output=True, text=True).stdout.strip()
