@@ -110,7 +110,8 @@ impl Metrics {
             Family::new_with_constructor(|| Histogram::new(TTFB_BUCKETS));
         registry.register(
             "requests",
-            "Requests sent upstream, by how they ended (status is the one the client got)",
+            "Requests past the gateway's own checks, by how they ended (status: what the client \
+             got; upstream: the account that answered)",
             requests.clone(),
         );
         registry.register(
