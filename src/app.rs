@@ -37,7 +37,8 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<(Arc<AppState>, R
     let store = Store::open(&settings.store_path).await?;
     let metrics = settings
         .metrics
-        .map(|_| Arc::new(crate::metrics::Metrics::new()));
+        .enabled
+        .then(|| Arc::new(crate::metrics::Metrics::new()));
     let (recorder, recorder_handle) =
         accounting::start(&store, &settings.accounting, metrics.clone())?;
     let restored = store.load_limits().await?;

@@ -149,7 +149,7 @@ pub struct RawAdmin {
     pub token: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawMetrics {
     /// Serve `GET /metrics` (Prometheus/OpenMetrics text) and keep its series.
@@ -517,8 +517,7 @@ pub struct Settings {
     pub key_cache_ttl: Duration,
     pub upstream: UpstreamSettings,
     pub admin_token: Option<Secret>,
-    /// `GET /metrics`: `None` when off; `Some(true)` when it needs the admin token.
-    pub metrics: Option<bool>,
+    pub metrics: RawMetrics,
     /// Model routing, validated; `aliases` already ends with the shipped defaults unless
     /// they were turned off.
     pub routing: RawRouting,
@@ -706,10 +705,7 @@ pub fn validate(raw: RawConfig, env_keys: Option<&str>) -> anyhow::Result<Settin
             .token
             .filter(|t| !t.trim().is_empty())
             .map(Secret::new),
-        metrics: raw
-            .metrics
-            .enabled
-            .then_some(raw.metrics.require_admin_token),
+        metrics: raw.metrics,
         routing: routing(raw.routing)?,
         source: None,
         accounting: AccountingSettings {

@@ -3,11 +3,11 @@
 //! Nothing here runs on the request path of an admitted request: the traffic series are
 //! fed by the usage writer's thread from the records it is about to store (so they lag by
 //! at most one accounting flush interval), and the upstream and process gauges are read
-//! when scraped. The one request-path cost is a relaxed atomic increment for a request
-//! refused before it was sent upstream.
+//! when scraped. The one request-path cost is a counter's increment for a request refused
+//! before it was sent upstream.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Mutex;
 
 use prometheus_client::encoding::text::{encode_eof, encode_registry};
@@ -68,6 +68,19 @@ struct TimingLabels {
     stream: bool,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RejectedLabels {
+    api: &'static str,
+    /// The error's OpenAI `code` (the same for both APIs).
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LostLabels {
+    /// `queue_full` or `write_failed`.
+    reason: &'static str,
+}
+
 type Buckets = fn() -> Histogram;
 
 /// The gateway's metrics: the traffic series, and what is read at scrape time.
@@ -79,11 +92,10 @@ pub struct Metrics {
     ttfb: Family<TimingLabels, Histogram, Buckets>,
     /// Model names admitted as label values so far (see [`MAX_MODELS`]).
     models: Mutex<HashSet<String>>,
-    /// Requests refused before anything went upstream, by API and [`ApiError::kind`].
-    rejected: [[AtomicU64; ApiError::KINDS.len()]; 2],
+    /// Requests refused before anything went upstream, by API and error code.
+    rejected: Family<RejectedLabels, Counter>,
     /// Usage records lost: the buffer was full, or a batch could not be stored.
-    lost_queue_full: AtomicU64,
-    lost_write_failed: AtomicU64,
+    lost: Family<LostLabels, Counter>,
     started: std::time::SystemTime,
 }
 
@@ -131,6 +143,30 @@ impl Metrics {
             Unit::Seconds,
             ttfb.clone(),
         );
+        let rejected = Family::<RejectedLabels, Counter>::default();
+        registry.register(
+            "rejected",
+            "Requests to a model endpoint refused before anything was sent upstream",
+            rejected.clone(),
+        );
+        let lost = Family::<LostLabels, Counter>::default();
+        // Both series exist from the start, so a rate over them is defined before a loss.
+        for reason in ["queue_full", "write_failed"] {
+            lost.get_or_create(&LostLabels { reason }).inc_by(0);
+        }
+        registry.register(
+            "usage_records_lost",
+            "Usage records that could not be stored (also logged as errors)",
+            lost.clone(),
+        );
+        registry.register(
+            "build",
+            "The running glmgate",
+            prometheus_client::metrics::info::Info::new(vec![(
+                "version".to_string(),
+                env!("CARGO_PKG_VERSION").to_string(),
+            )]),
+        );
         Metrics {
             registry,
             requests,
@@ -138,27 +174,38 @@ impl Metrics {
             duration,
             ttfb,
             models: Mutex::new(HashSet::new()),
-            rejected: Default::default(),
-            lost_queue_full: AtomicU64::new(0),
-            lost_write_failed: AtomicU64::new(0),
+            rejected,
+            lost,
             started: std::time::SystemTime::now(),
         }
     }
 
     /// A request to a model endpoint refused before it was sent upstream.
     pub fn rejected(&self, dialect: Dialect, e: &ApiError) {
-        self.rejected[dialect as usize][e.kind_index()].fetch_add(1, Ordering::Relaxed);
+        self.rejected
+            .get_or_create(&RejectedLabels {
+                api: dialect.as_str(),
+                reason: e.code(),
+            })
+            .inc();
     }
 
     /// Usage records the buffer had no room for.
     pub fn lost_queue_full(&self) {
-        self.lost_queue_full.fetch_add(1, Ordering::Relaxed);
+        self.lost
+            .get_or_create(&LostLabels {
+                reason: "queue_full",
+            })
+            .inc();
     }
 
     /// Usage records of a batch the store refused twice.
     pub fn lost_write_failed(&self, n: usize) {
-        self.lost_write_failed
-            .fetch_add(n as u64, Ordering::Relaxed);
+        self.lost
+            .get_or_create(&LostLabels {
+                reason: "write_failed",
+            })
+            .inc_by(n as u64);
     }
 
     /// Counts a batch of usage records (the usage writer's thread calls this).
@@ -246,70 +293,16 @@ impl Metrics {
         }
     }
 
-    /// The whole exposition: the traffic series, then the refusals, the upstream accounts'
-    /// state (`accounts`), the usage writer's losses and the process.
+    /// The whole exposition: the traffic series, the refusals and the usage writer's
+    /// losses, then the upstream accounts' state (`accounts`) and the process.
     pub fn render(&self, accounts: &[AccountGauges]) -> String {
         let mut out = String::with_capacity(16 * 1024);
         // Writing to a `String` cannot fail.
         let _ = encode_registry(&mut out, &self.registry);
-        let _ = encode_registry(&mut out, &self.scrape_time(accounts));
+        let _ = encode_registry(&mut out, &upstream_series(accounts));
         let _ = encode_registry(&mut out, &process_series(self.started));
         let _ = encode_eof(&mut out);
         out
-    }
-
-    /// The series read at scrape time, in a registry of their own made for this scrape.
-    fn scrape_time(&self, accounts: &[AccountGauges]) -> Registry {
-        #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-        struct Rejected {
-            api: &'static str,
-            /// The error's OpenAI `code` (the same for both APIs).
-            reason: &'static str,
-        }
-        #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-        struct Lost {
-            reason: &'static str,
-        }
-        let mut registry = Registry::with_prefix("glmgate");
-        let rejected = Family::<Rejected, Counter>::default();
-        for dialect in [Dialect::OpenAi, Dialect::Anthropic] {
-            for (i, reason) in ApiError::KINDS.iter().enumerate() {
-                let n = self.rejected[dialect as usize][i].load(Ordering::Relaxed);
-                if n > 0 {
-                    rejected
-                        .get_or_create(&Rejected {
-                            api: dialect.as_str(),
-                            reason,
-                        })
-                        .inc_by(n);
-                }
-            }
-        }
-        registry.register(
-            "rejected",
-            "Requests to a model endpoint refused before anything was sent upstream",
-            rejected,
-        );
-        let lost = Family::<Lost, Counter>::default();
-        for (reason, n) in [
-            ("queue_full", &self.lost_queue_full),
-            ("write_failed", &self.lost_write_failed),
-        ] {
-            lost.get_or_create(&Lost { reason })
-                .inc_by(n.load(Ordering::Relaxed));
-        }
-        registry.register(
-            "usage_records_lost",
-            "Usage records that could not be stored (also logged as errors)",
-            lost,
-        );
-        upstream_series(&mut registry, accounts);
-        let info = prometheus_client::metrics::info::Info::new(vec![(
-            "version".to_string(),
-            env!("CARGO_PKG_VERSION").to_string(),
-        )]);
-        registry.register("build", "The running glmgate", info);
-        registry
     }
 }
 
@@ -319,7 +312,8 @@ fn same_series(a: &UsageRecord, b: &UsageRecord) -> bool {
     a.api == b.api && a.stream == b.stream && a.model == b.model && a.account == b.account
 }
 
-fn upstream_series(registry: &mut Registry, accounts: &[AccountGauges]) {
+/// The upstream accounts' state, in a registry of its own made for this scrape.
+fn upstream_series(accounts: &[AccountGauges]) -> Registry {
     #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
     struct AccountLabels {
         account: String,
@@ -345,6 +339,7 @@ fn upstream_series(registry: &mut Registry, accounts: &[AccountGauges]) {
         key: String,
         state: &'static str,
     }
+    let mut registry = Registry::with_prefix("glmgate");
     let in_flight = Family::<AccountLabels, Gauge>::default();
     let state = Family::<StateLabels, Gauge>::default();
     let quota = Family::<AccountLabels, Gauge<f64, AtomicU64>>::default();
@@ -455,6 +450,7 @@ fn upstream_series(registry: &mut Registry, accounts: &[AccountGauges]) {
         "1 for the key's circuit breaker state (closed, open, half_open)",
         circuit,
     );
+    registry
 }
 
 /// `process_*` series (the conventional names, without the gateway's prefix) from

@@ -241,10 +241,10 @@ fn admin_refusal(state: &AppState, headers: &HeaderMap) -> Option<Response> {
 /// `GET /metrics`: Prometheus (OpenMetrics text); needs the admin token unless
 /// `metrics.require_admin_token` is off, and answers 404 when `metrics.enabled` is off.
 async fn metrics(State(state): State<Arc<AppState>>, req: Request) -> Response {
-    let (Some(metrics), Some(needs_token)) = (&state.metrics, state.settings.metrics) else {
+    let Some(metrics) = &state.metrics else {
         return not_found(req).await;
     };
-    if needs_token {
+    if state.settings.metrics.require_admin_token {
         if let Some(r) = admin_refusal(&state, req.headers()) {
             return r;
         }

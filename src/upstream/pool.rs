@@ -252,6 +252,7 @@ impl KeyRt {
         });
         latency + failing + recent + f64::from(self.in_flight) * 0.25
     }
+
     /// One of [`CIRCUIT_STATES`].
     fn circuit_name(&self, now: Instant) -> &'static str {
         match self.circuit {
