@@ -171,19 +171,38 @@ impl Env {
     }
 
     pub async fn openai(&self, body: &Value) -> reqwest::Response {
+        self.openai_as(&self.key, body).await
+    }
+
+    /// [`Env::openai`] with another client key.
+    pub async fn openai_as(&self, key: &str, body: &Value) -> reqwest::Response {
         self.http
             .post(self.url("/v1/chat/completions"))
-            .bearer_auth(&self.key)
+            .bearer_auth(key)
             .json(body)
             .send()
             .await
             .expect("request sent")
     }
 
+    /// `GET path` with `token` as the bearer token, or none.
+    pub async fn get_as(&self, path: &str, token: Option<&str>) -> reqwest::Response {
+        let mut req = self.http.get(self.url(path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.send().await.expect("request sent")
+    }
+
     pub async fn anthropic(&self, body: &Value) -> reqwest::Response {
+        self.anthropic_as(&self.key, body).await
+    }
+
+    /// [`Env::anthropic`] with another client key.
+    pub async fn anthropic_as(&self, key: &str, body: &Value) -> reqwest::Response {
         self.http
             .post(self.url("/v1/messages"))
-            .header("x-api-key", &self.key)
+            .header("x-api-key", key)
             .header("anthropic-version", "2023-06-01")
             .json(body)
             .send()

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::common::{
-    anthropic_body, openai_body, start_tweaked, with_fault, Env, ADMIN_TOKEN, UPSTREAM_KEY,
+    anthropic_body, openai_body, start_tweaked, with_fault, ADMIN_TOKEN, UPSTREAM_KEY,
 };
 
 /// One sample of an exposition: name, labels, value.
@@ -47,14 +47,6 @@ fn sum(samples: &[Sample], name: &str, want: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
-async fn scrape(env: &Env, token: Option<&str>) -> reqwest::Response {
-    let mut req = env.http.get(env.url("/metrics"));
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
-    }
-    req.send().await.expect("scrape")
-}
-
 fn with_admin(raw: &mut glmgate::config::RawConfig) {
     raw.admin.token = Some(ADMIN_TOKEN.into());
 }
@@ -74,13 +66,8 @@ async fn traffic_refusals_and_upstream_state_are_counted() {
     assert_eq!(upstream_error.status(), 400);
     // Refused by the gateway itself: a wrong key, and a body that is not JSON.
     let bad_key = env
-        .http
-        .post(env.url("/v1/chat/completions"))
-        .bearer_auth("gg-not-a-real-key")
-        .json(&openai_body(false))
-        .send()
-        .await
-        .expect("sent");
+        .openai_as("gg-not-a-real-key", &openai_body(false))
+        .await;
     assert_eq!(bad_key.status(), 401);
     let bad_json = env
         .http
@@ -95,7 +82,7 @@ async fn traffic_refusals_and_upstream_state_are_counted() {
     // The traffic series follow the usage writer's flushes (50 ms here).
     let mut samples = Vec::new();
     for _ in 0..200 {
-        let resp = scrape(&env, Some(ADMIN_TOKEN)).await;
+        let resp = env.get_as("/metrics", Some(ADMIN_TOKEN)).await;
         assert_eq!(resp.status(), 200);
         assert!(resp.headers()["content-type"]
             .to_str()
@@ -185,19 +172,22 @@ async fn traffic_refusals_and_upstream_state_are_counted() {
 #[tokio::test]
 async fn the_endpoint_needs_the_admin_token_unless_opened_and_can_be_turned_off() {
     let env = start_tweaked(with_admin).await;
-    assert_eq!(scrape(&env, None).await.status(), 401);
-    assert_eq!(scrape(&env, Some("wrong")).await.status(), 401);
+    assert_eq!(env.get_as("/metrics", None).await.status(), 401);
+    assert_eq!(env.get_as("/metrics", Some("wrong")).await.status(), 401);
     // A client key is not an admin token.
     let key = env.key.clone();
-    assert_eq!(scrape(&env, Some(&key)).await.status(), 401);
+    assert_eq!(env.get_as("/metrics", Some(&key)).await.status(), 401);
 
     let open = start_tweaked(|raw| raw.metrics.require_admin_token = false).await;
-    assert_eq!(scrape(&open, None).await.status(), 200);
+    assert_eq!(open.get_as("/metrics", None).await.status(), 200);
 
     let off = start_tweaked(|raw| {
         with_admin(raw);
         raw.metrics.enabled = false;
     })
     .await;
-    assert_eq!(scrape(&off, Some(ADMIN_TOKEN)).await.status(), 404);
+    assert_eq!(
+        off.get_as("/metrics", Some(ADMIN_TOKEN)).await.status(),
+        404
+    );
 }

@@ -79,21 +79,12 @@ async fn admin_endpoints_need_the_admin_token() {
     )
     .await;
     for token in [None, Some(env.key.as_str()), Some("wrong")] {
-        let mut req = env.http.get(env.url("/admin/upstreams"));
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        assert_eq!(req.send().await.expect("sent").status(), 401);
+        let resp = env.get_as("/admin/upstreams", token).await;
+        assert_eq!(resp.status(), 401);
     }
     // Without a configured token the admin API is off.
     let plain = start(Opts::default()).await;
-    let resp = plain
-        .http
-        .get(plain.url("/admin/upstreams"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .expect("sent");
+    let resp = plain.get_as("/admin/upstreams", Some(ADMIN_TOKEN)).await;
     assert_eq!(resp.status(), 403);
 }
 

@@ -214,13 +214,8 @@ async fn reasoning_can_be_shown_as_think_tags_or_stripped_per_key() {
     // OpenAI stream (GLM reasons by default) with think tags.
     let tags = key_with_reasoning(&env, "think_tags").await;
     let text = env
-        .http
-        .post(env.url("/v1/chat/completions"))
-        .bearer_auth(&tags)
-        .json(&openai_body(true))
-        .send()
+        .openai_as(&tags, &openai_body(true))
         .await
-        .expect("sent")
         .text()
         .await
         .expect("stream");
@@ -245,13 +240,8 @@ async fn reasoning_can_be_shown_as_think_tags_or_stripped_per_key() {
     let mut body = anthropic_body(true);
     body["thinking"] = serde_json::json!({"type": "enabled", "budget_tokens": 1024});
     let text = env
-        .http
-        .post(env.url("/v1/messages"))
-        .header("x-api-key", &strip)
-        .json(&body)
-        .send()
+        .anthropic_as(&strip, &body)
         .await
-        .expect("sent")
         .text()
         .await
         .expect("stream");
