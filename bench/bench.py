@@ -6,7 +6,9 @@ run, interleaved. Python standard library only; every process it starts is stopp
     bench/run --with-litellm                             the table, with LiteLLM proxy as a target
     bench/run --soak MINUTES                             RSS over a constant stream load
     bench/run --streams N                                N slow streams open at once
+    bench/run --pgo                                      the table, with a PGO-built glmgate as a target
     bench/instructions [--scenario S] [--target T]       instructions per request (callgrind)
+    bench/bench.py --train BINARY                        a profiling run for scripts/build-pgo
 
 Everything targets 127.0.0.1 only, and every loop is bounded in count and time.
 """
@@ -43,8 +45,8 @@ def log(*a):
     print(*a, file=sys.stderr, flush=True)
 
 
-def ensure_tools(need_valgrind=False):
-    wanted = ["nginx", "valgrind"] if need_valgrind else ["nginx"]
+def ensure_tools(need_valgrind=False, need_nginx=True):
+    wanted = (["nginx"] if need_nginx else []) + (["valgrind"] if need_valgrind else [])
     missing = [tool for tool in wanted if not shutil.which(tool)]
     if missing:
         log(f"installing {' '.join(missing)} from Debian")
@@ -176,7 +178,8 @@ def glmgate_conf(tmp, port, mock_port, kind="plain"):
       good one, its circuit breaker off, so requests that pick it fail over to the good one;
     - `openai-only` / `anthropic-only`: the upstream speaks one format, so clients of the other
       are translated;
-    - `http2`: as `plain`, speaking HTTP/2 to the upstream (`upstream.http2`)."""
+    - `http2`: as `plain`, speaking HTTP/2 to the upstream (`upstream.http2`);
+    - `pgo`: as `plain`, for the binary built by scripts/build-pgo."""
     name = "glmgate" if kind == "plain" else f"glmgate-{kind}"
     path = os.path.join(tmp, f"{name}.toml")
     base = f"""
@@ -274,33 +277,40 @@ general_settings:
 def gateway_kind(name, api):
     """The glmgate configuration behind a target (see `glmgate_conf`); `translated` is glmgate
     in front of an upstream that speaks only the other format."""
-    return {"glmgate": "plain", "failover": "failover", "http2": "http2",
+    return {"glmgate": "plain", "failover": "failover", "http2": "http2", "pgo": "pgo",
             "translated": "anthropic-only" if api == "openai" else "openai-only"}[name]
 
 
 class Rig:
     """The mock, nginx and glmgate (and LiteLLM if asked), started once for a run."""
 
-    def __init__(self, tmp, procs, mock_args=(), glmgate_prefix=(), prefix_kind="plain", litellm=False):
+    def __init__(self, tmp, procs, mock_args=(), glmgate_prefix=(), prefix_kind="plain", litellm=False,
+                 pgo=None, gateway_bin=GLMGATE, with_nginx=True):
+        """`pgo`: a PGO-built binary, run as one more gateway (`pgo`) configured as `plain`;
+        `gateway_bin`: the binary the gateways run (the mock always runs the release build)."""
         self.tmp, self.procs = tmp, procs
         self.mock_port, self.nginx_port, self.gg_port = free_port(), free_port(), free_port()
         self.mock = procs.start([GLMGATE, "mock", "--listen", f"127.0.0.1:{self.mock_port}", *mock_args],
                                 os.path.join(tmp, "mock.log"), env={**os.environ, "GLMGATE_LOG": "warn"})
         wait_port(self.mock_port)
-        self.nginx = procs.start(["nginx", "-c", nginx_conf(tmp, self.nginx_port, self.mock_port), "-p", tmp],
-                                 os.path.join(tmp, "nginx.log"))
-        wait_port(self.nginx_port)
+        self.nginx = None
+        if with_nginx:
+            self.nginx = procs.start(["nginx", "-c", nginx_conf(tmp, self.nginx_port, self.mock_port), "-p", tmp],
+                                     os.path.join(tmp, "nginx.log"))
+            wait_port(self.nginx_port)
         # name → (port, client key, process)
         self.gateways = {}
-        for kind in ("plain", "failover", "openai-only", "anthropic-only", "http2"):
+        kinds = ["plain", "failover", "openai-only", "anthropic-only", "http2"] + (["pgo"] if pgo else [])
+        for kind in kinds:
             port = self.gg_port if kind == "plain" else free_port()
             conf = glmgate_conf(tmp, port, self.mock_port, kind)
-            key = subprocess.run([GLMGATE, "keys", "create", "--name", "bench", "--config", conf],
+            binary = pgo if kind == "pgo" else gateway_bin
+            key = subprocess.run([binary, "keys", "create", "--name", "bench", "--config", conf],
                                  check=True, capture_output=True, text=True).stdout.strip()
             prefix = glmgate_prefix if kind == prefix_kind else ()
             # Every gateway logs as users run it (one `info` line a request), so the rows
             # compare like with like.
-            proc = procs.start([*prefix, GLMGATE, "serve", "--config", conf],
+            proc = procs.start([*prefix, binary, "serve", "--config", conf],
                                os.path.join(tmp, f"glmgate-{kind}.log"))
             wait_port(port, deadline=120)
             self.gateways[kind] = (port, key, proc)
@@ -405,9 +415,12 @@ def run_table(args):
     try:
         if args.with_litellm:
             ensure_litellm()
-        rig = Rig(tmp, procs, litellm=args.with_litellm)
+        pgo = build_pgo() if args.pgo else None
+        rig = Rig(tmp, procs, litellm=args.with_litellm, pgo=pgo)
         time.sleep(1)
         idle = {"glmgate": rss_mb(rig.gg.pid), "nginx": rss_mb(rig.nginx.pid)}
+        if pgo:
+            idle["pgo"] = rss_mb(rig.gateways["pgo"][2].pid)
         if rig.litellm:
             idle["litellm"] = rss_mb(rig.litellm.pid)
         concurrencies = [1, 64] if args.quick else [1, 16, 64, 256]
@@ -421,6 +434,7 @@ def run_table(args):
             targets = ["direct", "nginx", "glmgate"] + (["failover"] if scenario in FAILOVER_SCENARIOS else []) \
                 + (["translated"] if scenario in TRANSLATED_SCENARIOS else []) \
                 + (["http2"] if scenario in HTTP2_SCENARIOS else []) \
+                + (["pgo"] if pgo else []) \
                 + (["litellm"] if rig.litellm and SCENARIOS[scenario][0] == "openai" else [])
             for c in concurrencies:
                 reps = {t: [] for t in targets}
@@ -436,7 +450,8 @@ def run_table(args):
         for t in ["direct", "nginx", "glmgate"]:
             open_loop[t] = measure(rig, t, "openai", 0, args.duration, rate=args.rate)
         peak = {t: rss_mb(p.pid, "VmHWM") for t, p in
-                (("glmgate", rig.gg), ("nginx", rig.nginx), ("litellm", rig.litellm)) if p}
+                (("glmgate", rig.gg), ("nginx", rig.nginx), ("litellm", rig.litellm),
+                 ("pgo", rig.gateways.get("pgo", (None, None, None))[2])) if p}
         time.sleep(1.5)  # one usage flush interval: the last requests reach the metrics
         counted = scrape(rig.gg_port)
     finally:
@@ -479,6 +494,9 @@ def render(rows, open_loop, idle, peak, args):
            "so every request, answer and stream event is translated. "
            "`http2`: glmgate speaking HTTP/2 to the mock (`upstream.http2 = true`, h2c), many "
            "requests sharing a connection; the others speak HTTP/1.1 to it."
+           + (" `pgo`: the same gateway as `glmgate`, its binary built by `scripts/build-pgo` "
+              "(profile-guided optimisation, trained by `bench/bench.py --train`) instead of `cargo build --release`."
+              if "pgo" in idle else "")
            + (" `litellm`: LiteLLM proxy (" + LITELLM_PIN + ", two workers, master key, no database) "
               "on the same mock, OpenAI scenarios only." if "litellm" in idle else ""), "",
            "| scenario | c | target | p50 | p90 | p99 | +p50 | +p99 | req/s | vs nginx req/s | CPU µs/req | +TTFB p50 |",
@@ -499,7 +517,7 @@ def render(rows, open_loop, idle, peak, args):
             stream = "stream" in scenario
             out.append(f"| {scenario} | {c} | {name} | {fmt(lat('p50'))} | {fmt(lat('p90'))} | {fmt(lat('p99'))} | "
                        f"{'' if t == 'direct' else fmt(over('p50'))} | {'' if t == 'direct' else fmt(over('p99'))} | "
-                       f"{fmt(rps)} | {fmt(ratio, 2) if t in ('glmgate', 'failover', 'translated', 'litellm', 'http2') else ''} | "
+                       f"{fmt(rps)} | {fmt(ratio, 2) if t not in ('direct', 'nginx') else ''} | "
                        f"{fmt(med([r['cpu_us_per_req'] for r in rs]), 1)} | "
                        f"{fmt(ttfb) if stream and t != 'direct' else ''} |")
     out += ["", f"Open loop, OpenAI non-stream at {args.rate} req/s for {args.duration} s (latency from the scheduled start):", "",
@@ -510,6 +528,43 @@ def render(rows, open_loop, idle, peak, args):
     out += ["", "Memory (MB, RSS): " + ", ".join(
         f"{t} idle {idle[t]:.1f}, peak {peak[t]:.1f}" for t in idle), ""]
     return "\n".join(out)
+
+
+def build_pgo():
+    """scripts/build-pgo's binary (built afresh: it trains on the current code)."""
+    log("building the PGO binary (scripts/build-pgo: two release builds and a training run)")
+    out = subprocess.run([os.path.join(ROOT, "scripts", "build-pgo")], cwd=ROOT, check=True,
+                         stdout=subprocess.PIPE, text=True).stdout
+    return out.strip().splitlines()[-1]
+
+
+def run_train(args):
+    """Runs every scenario through every kind of gateway, served by `args.train` (a binary
+    built with `-Cprofile-generate`), at c=1 and c=16, plus requests the gateway refuses;
+    then stops the gateways, which write their profiles as they exit. The mock is the
+    ordinary release build, so only the gateway's code is profiled."""
+    ensure_tools(need_nginx=False)
+    procs = Procs()
+    tmp = tempfile.mkdtemp(prefix="glmgate-train-")
+    try:
+        rig = Rig(tmp, procs, gateway_bin=os.path.abspath(args.train), with_nginx=False)
+        for scenario, (api, _) in SCENARIOS.items():
+            targets = ["glmgate", "translated", "http2"] + (["failover"] if api == "openai" else [])
+            for t in targets:
+                for c in (1, 16):
+                    r = measure(rig, t, scenario, c, args.duration)
+                    log(f"train {scenario} {t} c={c}: {r['requests']} requests, {r['errors']} errors")
+        # Refusals: a wrong client key, and a body that is not JSON.
+        url, headers, _ = rig.target("glmgate", "openai")
+        bad = os.path.join(tmp, "bad.json")
+        with open(bad, "w") as f:
+            f.write('{"model": "glm-4.7", "messages": [')
+        load(url, ["authorization: Bearer gg-wrong", "content-type: application/json"],
+             body_file(tmp, "openai"), 1, 0, requests=200)
+        load(url, headers, bad, 1, 0, requests=200)
+    finally:
+        procs.stop_all()
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def run_soak(args):
@@ -631,12 +686,19 @@ def main():
     ap.add_argument("--warmup-requests", type=int, default=300)
     ap.add_argument("--scenario", choices=list(SCENARIOS), default="openai", help="for --instructions")
     ap.add_argument("--target", choices=("glmgate", "translated", "http2"), default="glmgate", help="for --instructions")
+    ap.add_argument("--pgo", action="store_true",
+                    help="add glmgate built by scripts/build-pgo (profile-guided optimisation) as a target")
+    ap.add_argument("--train", metavar="BINARY",
+                    help="drive an instrumented glmgate through every scenario (used by scripts/build-pgo)")
     ap.add_argument("--with-litellm", action="store_true",
                     help=f"add LiteLLM proxy ({LITELLM_PIN}, installed once into bench/.litellm) as a target")
     args = ap.parse_args()
     if args.quick:
         args.reps, args.duration = 1, 2.0
-    if args.soak:
+    if args.train:
+        args.duration = 1.0
+        run_train(args)
+    elif args.soak:
         run_soak(args)
     elif args.streams:
         run_streams(args)
