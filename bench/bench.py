@@ -449,9 +449,10 @@ def run_table(args):
         open_loop = {}
         for t in ["direct", "nginx", "glmgate"]:
             open_loop[t] = measure(rig, t, "openai", 0, args.duration, rate=args.rate)
-        peak = {t: rss_mb(p.pid, "VmHWM") for t, p in
-                (("glmgate", rig.gg), ("nginx", rig.nginx), ("litellm", rig.litellm),
-                 ("pgo", rig.gateways.get("pgo", (None, None, None))[2])) if p}
+        watched = [("glmgate", rig.gg), ("nginx", rig.nginx), ("litellm", rig.litellm)]
+        if pgo:
+            watched.append(("pgo", rig.gateways["pgo"][2]))
+        peak = {t: rss_mb(p.pid, "VmHWM") for t, p in watched if p}
         time.sleep(1.5)  # one usage flush interval: the last requests reach the metrics
         counted = scrape(rig.gg_port)
     finally:
