@@ -376,7 +376,17 @@ impl Ledger {
 impl Drop for Ledger {
     fn drop(&mut self) {
         let metered = self.meter.as_mut().map(Meter::finish).unwrap_or_default();
-        let outcome = self.outcome.unwrap_or(Outcome::ClientCancelled);
+        // The body was dropped before its end was seen. If the answer had already reached
+        // its last event (`[DONE]`, `message_stop`) or was a whole JSON body, the client had
+        // everything and closed, as SDKs close a stream once its last event is in: only the
+        // end of the upstream body was still to come.
+        let outcome = self
+            .outcome
+            .unwrap_or(match (metered.complete, self.status.is_success()) {
+                (true, true) => Outcome::Ok,
+                (true, false) => Outcome::UpstreamError,
+                (false, _) => Outcome::ClientCancelled,
+            });
         let (usage, estimated) = match metered.usage {
             Some(u) => (u, false),
             // No usage from the upstream: estimate from what passed (about 4 bytes a token

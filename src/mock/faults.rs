@@ -8,6 +8,7 @@
 //! | `concurrency=N` | at most N requests in flight per upstream key; more get 429 with code 1302 |
 //! | `slow-first-byte[=MS]` | wait before answering (default 2000 ms) |
 //! | `slow-chunks[=MS]` | wait between stream chunks (default 200 ms) |
+//! | `slow-end[=MS]` | keep a stream open after its last event before ending it (default 200 ms) |
 //! | `drop-mid-stream[=N]` | close the connection after N chunks (default: half of them) |
 //! | `empty-200` | HTTP 200 with an empty body |
 //! | `garbage-200` | HTTP 200 whose body is not JSON |
@@ -30,6 +31,8 @@ pub struct Faults {
     pub quota_used: Option<f64>,
     pub first_byte_delay: Option<Duration>,
     pub chunk_delay: Option<Duration>,
+    /// How long a stream stays open after its last event.
+    pub end_delay: Option<Duration>,
     /// `Some(None)`: drop at the midpoint; `Some(Some(n))`: after n chunks.
     pub drop_after: Option<Option<usize>>,
     pub empty_200: bool,
@@ -71,6 +74,9 @@ impl Faults {
                 }
                 "slow-chunks" => {
                     self.chunk_delay.get_or_insert(ms(value, 200)?);
+                }
+                "slow-end" => {
+                    self.end_delay.get_or_insert(ms(value, 200)?);
                 }
                 "drop-mid-stream" => {
                     let n = value

@@ -391,10 +391,14 @@ async fn respond(
     };
     let drop_at = faults.drop_after.map(|n| n.unwrap_or(events.len() / 2));
     let chunk_delay = faults.chunk_delay.unwrap_or(m.options.chunk_delay);
+    let pace = Pace {
+        chunks: chunk_delay,
+        end: faults.end_delay.unwrap_or_default(),
+    };
     let mut r = Response::new(Body::from_stream(event_stream(
         m.clone(),
         events,
-        chunk_delay,
+        pace,
         drop_at,
         slot,
     )));
@@ -426,10 +430,18 @@ impl Drop for StreamGuard {
     }
 }
 
+/// How a stream's events are spaced: between events, and after the last one before the
+/// body ends.
+#[derive(Clone, Copy)]
+struct Pace {
+    chunks: Duration,
+    end: Duration,
+}
+
 fn event_stream(
     mock: Arc<Mock>,
     events: Vec<Bytes>,
-    delay: Duration,
+    pace: Pace,
     drop_at: Option<usize>,
     slot: Option<KeySlot>,
 ) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
@@ -442,9 +454,14 @@ fn event_stream(
     futures_util::stream::unfold(
         (events.into_iter().enumerate(), guard),
         move |(mut it, mut guard)| async move {
-            let (i, ev) = it.next()?;
-            if i > 0 && !delay.is_zero() {
-                tokio::time::sleep(delay).await;
+            let Some((i, ev)) = it.next() else {
+                if !pace.end.is_zero() {
+                    tokio::time::sleep(pace.end).await;
+                }
+                return None;
+            };
+            if i > 0 && !pace.chunks.is_zero() {
+                tokio::time::sleep(pace.chunks).await;
             }
             if drop_at == Some(i) {
                 // Let what was sent reach the wire first, as on a real connection that dies.

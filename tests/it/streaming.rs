@@ -36,6 +36,42 @@ async fn client_disconnect_cancels_upstream_and_is_accounted() {
     leave_a_stream_after_its_first_event(&env).await;
 }
 
+/// A client that closes a stream as soon as its last event is in (as the SDKs do) got the
+/// whole answer: it is accounted `ok`, though the upstream body had not ended yet.
+#[tokio::test]
+async fn a_client_closing_after_the_last_event_is_accounted_ok() {
+    let env = start(Opts::default()).await;
+    for (anthropic, last) in [(false, "data: [DONE]"), (true, "event: message_stop")] {
+        // The mock keeps each stream open 3 s after its last event.
+        let resp = if anthropic {
+            env.anthropic(&with_fault(anthropic_body(true), "slow-end=3000"))
+                .await
+        } else {
+            env.openai(&with_fault(openai_body(true), "slow-end=3000"))
+                .await
+        };
+        assert_eq!(resp.status(), 200);
+        let mut stream = resp.bytes_stream();
+        let mut text = String::new();
+        while !text.contains(last) {
+            let chunk = stream.next().await.expect("a chunk").expect("ok");
+            text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        drop(stream);
+    }
+    env.wait_mock("both upstream streams closed", |s| {
+        s["streams_cancelled"].as_u64().unwrap_or(0) + s["streams_completed"].as_u64().unwrap_or(0)
+            == 2
+    })
+    .await;
+    let rows = env.usage_rows(2).await;
+    for row in &rows {
+        assert_eq!(row["outcome"], "ok", "{row}");
+        assert_eq!(row["estimated"], false, "{row}");
+        assert!(row["output_tokens"].as_i64().expect("n") > 0, "{row}");
+    }
+}
+
 #[tokio::test]
 async fn upstream_drop_mid_stream_ends_with_an_error_event_in_client_format() {
     let env = start(Opts::default()).await;
