@@ -31,6 +31,15 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// A response delivered whole: `Ok`, or `UpstreamError` for an error status.
+    pub fn delivered(status: hyper::StatusCode) -> Outcome {
+        if status.is_success() {
+            Outcome::Ok
+        } else {
+            Outcome::UpstreamError
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Ok => "ok",

@@ -380,13 +380,11 @@ impl Drop for Ledger {
         // its last event (`[DONE]`, `message_stop`) or was a whole JSON body, the client had
         // everything and closed, as SDKs close a stream once its last event is in: only the
         // end of the upstream body was still to come.
-        let outcome = self
-            .outcome
-            .unwrap_or(match (metered.complete, self.status.is_success()) {
-                (true, true) => Outcome::Ok,
-                (true, false) => Outcome::UpstreamError,
-                (false, _) => Outcome::ClientCancelled,
-            });
+        let outcome = self.outcome.unwrap_or(if metered.complete {
+            Outcome::delivered(self.status)
+        } else {
+            Outcome::ClientCancelled
+        });
         let (usage, estimated) = match metered.usage {
             Some(u) => (u, false),
             // No usage from the upstream: estimate from what passed (about 4 bytes a token
@@ -534,11 +532,7 @@ impl MeteredBody {
     }
 
     fn finished(&mut self) {
-        self.ledger.outcome = Some(if self.ledger.status.is_success() {
-            Outcome::Ok
-        } else {
-            Outcome::UpstreamError
-        });
+        self.ledger.outcome = Some(Outcome::delivered(self.ledger.status));
     }
 
     /// The upstream broke off: end an event stream with an error event in the client's

@@ -390,9 +390,8 @@ async fn respond(
         Dialect::Anthropic => render::anthropic_events(&plan, &id),
     };
     let drop_at = faults.drop_after.map(|n| n.unwrap_or(events.len() / 2));
-    let chunk_delay = faults.chunk_delay.unwrap_or(m.options.chunk_delay);
     let pace = Pace {
-        chunks: chunk_delay,
+        chunks: faults.chunk_delay.unwrap_or(m.options.chunk_delay),
         end: faults.end_delay.unwrap_or_default(),
     };
     let mut r = Response::new(Body::from_stream(event_stream(
