@@ -43,10 +43,13 @@ def test_metrics_count_what_the_sdks_saw(gateway):
     def delta(name, **labels):
         return total(after, name, **labels) - total(before, name, **labels)
 
-    # The traffic series follow the usage writer's flushes (50 ms here).
+    # The traffic series follow the usage writer's flushes (50 ms here). Wait for this test's
+    # two requests by their own series: a record of an earlier test on the same gateway can
+    # still land after `before` was taken.
     for _ in range(100):
         after = samples(gateway)
-        if delta("glmgate_requests_total") >= 2:
+        if (delta("glmgate_requests_total", api="openai", stream="false") >= 1
+                and delta("glmgate_requests_total", api="anthropic", stream="true") >= 1):
             break
         time.sleep(0.05)
     assert delta("glmgate_requests_total", api="openai", stream="false", outcome="ok", status="200") == 1
