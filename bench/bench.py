@@ -496,7 +496,8 @@ def render(rows, open_loop, idle, peak, args):
            "`http2`: glmgate speaking HTTP/2 to the mock (`upstream.http2 = true`, h2c), many "
            "requests sharing a connection; the others speak HTTP/1.1 to it."
            + (" `pgo`: the same gateway as `glmgate`, its binary built by `scripts/build-pgo` "
-              "(profile-guided optimisation, trained by `bench/bench.py --train`) instead of `cargo build --release`."
+              "(profile-guided optimisation, then BOLT's post-link layout, each trained by `bench/bench.py --train`) "
+              "instead of `cargo build --release`."
               if "pgo" in idle else "")
            + (" `litellm`: LiteLLM proxy (" + LITELLM_PIN + ", two workers, master key, no database) "
               "on the same mock, OpenAI scenarios only." if "litellm" in idle else ""), "",
@@ -533,7 +534,7 @@ def render(rows, open_loop, idle, peak, args):
 
 def build_pgo():
     """scripts/build-pgo's binary (built afresh: it trains on the current code)."""
-    log("building the PGO binary (scripts/build-pgo: two release builds and a training run)")
+    log("building the PGO binary (scripts/build-pgo: two release builds, training runs and BOLT)")
     out = subprocess.run([os.path.join(ROOT, "scripts", "build-pgo")], cwd=ROOT, check=True,
                          stdout=subprocess.PIPE, text=True).stdout
     return out.strip().splitlines()[-1]
@@ -547,6 +548,7 @@ def run_train(args):
     ensure_tools(need_nginx=False)
     procs = Procs()
     tmp = tempfile.mkdtemp(prefix="glmgate-train-")
+    errors = 0
     try:
         rig = Rig(tmp, procs, gateway_bin=os.path.abspath(args.train), with_nginx=False)
         for scenario, (api, _) in SCENARIOS.items():
@@ -554,6 +556,7 @@ def run_train(args):
             for t in targets:
                 for c in (1, 16):
                     r = measure(rig, t, scenario, c, args.duration)
+                    errors += r["errors"]
                     log(f"train {scenario} {t} c={c}: {r['requests']} requests, {r['errors']} errors")
         # Refusals: a wrong client key, and a body that is not JSON.
         url, headers, _ = rig.target("glmgate", "openai")
@@ -566,6 +569,9 @@ def run_train(args):
     finally:
         procs.stop_all()
     shutil.rmtree(tmp, ignore_errors=True)
+    # scripts/build-pgo also uses this run to check its final binary.
+    if errors:
+        sys.exit(f"training: {errors} requests failed")
 
 
 def run_soak(args):
