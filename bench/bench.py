@@ -9,6 +9,7 @@ run, interleaved. Python standard library only; every process it starts is stopp
     bench/run --pgo                                      the table, with a PGO-built glmgate as a target
     bench/instructions [--scenario S] [--target T]       instructions per request (callgrind)
     bench/bench.py --train BINARY                        a profiling run for scripts/build-pgo
+    bench/bench.py --tls-check BINARY                    TLS to the upstream works (scripts/build-pgo)
 
 Everything targets 127.0.0.1 only, and every loop is bounded in count and time.
 """
@@ -22,7 +23,6 @@ import shutil
 import signal
 import socket
 import statistics
-import urllib.request
 import subprocess
 import sys
 import tempfile
@@ -574,6 +574,79 @@ def run_train(args):
         sys.exit(f"training: {errors} requests failed")
 
 
+TLS13_SUITES = ("TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256")
+
+
+def run_tls_check(args):
+    """Checks the TLS path of `args.tls_check`, which the training runs (plain HTTP to the
+    mock) never take: a binary rewritten by BOLT moves ring's hand-written cryptography too.
+    glmgate trusts only the webpki roots, so no handshake can complete offline; but a TLS 1.3
+    handshake gets as far as the certificate check with the record layer working both ways:
+    the gateway decrypts the server's encrypted handshake, rejects the self-signed
+    certificate, and sends an encrypted `certificate_unknown` alert, which the server must
+    decrypt and report. Done against `openssl s_server` for each TLS 1.3 cipher suite."""
+    for tool in ("openssl",):
+        if not shutil.which(tool):
+            sys.exit(f"--tls-check needs {tool}")
+    binary = os.path.abspath(args.tls_check)
+    procs = Procs()
+    tmp = tempfile.mkdtemp(prefix="glmgate-tls-")
+    failed = []
+    try:
+        cert, key = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                        "-nodes", "-keyout", key, "-out", cert, "-days", "1", "-subj", "/CN=localhost"],
+                       check=True, capture_output=True)
+        tls_port, gw_port = free_port(), free_port()
+        conf = os.path.join(tmp, "glmgate.toml")
+        with open(conf, "w") as f:
+            f.write(f"""
+[server]
+listen = "127.0.0.1:{gw_port}"
+[store]
+path = "{tmp}/glmgate.db"
+[upstream]
+preset = "custom"
+openai_base_url = "https://localhost:{tls_port}/api/coding/paas/v4"
+anthropic_base_url = "https://localhost:{tls_port}/api/anthropic"
+keys = ["bench-upstream-key"]
+[upstream.breaker]
+failures = 1000000000
+""")
+        client_key = subprocess.run([binary, "keys", "create", "--name", "tls", "--config", conf],
+                                    check=True, capture_output=True, text=True).stdout.strip()
+        # Every request fails upstream: the circuit breaker is off so that each suite is tried.
+        procs.start([binary, "serve", "--config", conf], os.path.join(tmp, "glmgate.log"))
+        wait_port(gw_port)
+        for suite in TLS13_SUITES:
+            log_path = os.path.join(tmp, f"{suite}.log")
+            server = procs.start(["openssl", "s_server", "-accept", str(tls_port), "-cert", cert, "-key", key,
+                                  "-tls1_3", "-ciphersuites", suite, "-www"], log_path)
+            wait_port(tls_port)
+            req = urllib.request.Request(
+                f"http://127.0.0.1:{gw_port}/v1/chat/completions",
+                data=json.dumps(SCENARIOS["openai"][1]).encode(),
+                headers={"authorization": f"Bearer {client_key}", "content-type": "application/json"})
+            try:
+                status = urllib.request.urlopen(req, timeout=30).status
+            except urllib.error.HTTPError as e:
+                status = e.code
+            procs.stop(server)
+            with open(log_path, errors="replace") as f:
+                text = f.read()
+            alerts = text.count("alert certificate unknown")
+            broken = any(w in text.lower() for w in ("decrypt", "bad record mac", "decode error"))
+            log(f"tls {suite}: gateway answered {status}; the server read {alerts} certificate_unknown "
+                f"alerts{', and a decryption error' if broken else ''}")
+            if status != 502 or alerts == 0 or broken:
+                failed.append(suite)
+    finally:
+        procs.stop_all()
+    shutil.rmtree(tmp, ignore_errors=True)
+    if failed:
+        sys.exit(f"TLS check failed for {', '.join(failed)}")
+
+
 def run_soak(args):
     ensure_tools()
     procs = Procs()
@@ -697,6 +770,8 @@ def main():
                     help="add glmgate built by scripts/build-pgo (profile-guided optimisation) as a target")
     ap.add_argument("--train", metavar="BINARY",
                     help="drive an instrumented glmgate through every scenario (used by scripts/build-pgo)")
+    ap.add_argument("--tls-check", metavar="BINARY",
+                    help="check a glmgate binary's TLS to the upstream (used by scripts/build-pgo)")
     ap.add_argument("--with-litellm", action="store_true",
                     help=f"add LiteLLM proxy ({LITELLM_PIN}, installed once into bench/.litellm) as a target")
     args = ap.parse_args()
@@ -705,6 +780,8 @@ def main():
     if args.train:
         args.duration = 1.0
         run_train(args)
+    elif args.tls_check:
+        run_tls_check(args)
     elif args.soak:
         run_soak(args)
     elif args.streams:
