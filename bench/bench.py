@@ -585,9 +585,8 @@ def run_tls_check(args):
     the gateway decrypts the server's encrypted handshake, rejects the self-signed
     certificate, and sends an encrypted `certificate_unknown` alert, which the server must
     decrypt and report. Done against `openssl s_server` for each TLS 1.3 cipher suite."""
-    for tool in ("openssl",):
-        if not shutil.which(tool):
-            sys.exit(f"--tls-check needs {tool}")
+    if not shutil.which("openssl"):
+        sys.exit("--tls-check needs openssl")
     binary = os.path.abspath(args.tls_check)
     procs = Procs()
     tmp = tempfile.mkdtemp(prefix="glmgate-tls-")
