@@ -187,8 +187,12 @@ impl Endpoint {
 
 /// The `Host` value for `uri`: its authority without any `user:password@`.
 fn host_of(uri: &Uri) -> Option<HeaderValue> {
-    let authority = uri.authority()?.as_str();
-    HeaderValue::from_str(authority.rsplit('@').next().unwrap_or_default()).ok()
+    HeaderValue::from_str(host(uri)?).ok()
+}
+
+/// The URI's host and port, without any `user:password@`.
+fn host(uri: &Uri) -> Option<&str> {
+    uri.authority()?.as_str().rsplit('@').next()
 }
 
 /// Puts the path and query alone in the request line (origin-form): hyper writes the URI as
@@ -208,17 +212,41 @@ pub struct HttpClient {
     inner: Arc<Inner>,
 }
 
-/// Why an upstream call failed before its answer's head arrived.
+/// Why an upstream call failed before its answer's head arrived. Its `Display` gives the
+/// causes too, for the log; clients get [`describe`] instead.
 #[derive(Debug)]
 pub enum SendError {
     Connect(String),
     Http(hyper::Error),
 }
 
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendError::Connect(why) => f.write_str(why),
+            SendError::Http(e) => f.write_str(&with_causes(e)),
+        }
+    }
+}
+
+/// An error followed by its causes: the connector's and hyper's errors name only what
+/// failed ("tcp connect error"), their sources say why (a refused connection, a
+/// certificate the upstream's TLS does not pass).
+fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
+}
+
 /// Why an upstream call failed, in words safe to show a client: the kind and the host,
-/// never the path or a key.
+/// never the path, a key or the URL's `user:password@`.
 pub fn describe(e: &SendError, uri: &Uri) -> String {
-    let host = uri.authority().map_or("upstream", |a| a.as_str());
+    let host = host(uri).unwrap_or("upstream");
     let kind = match e {
         SendError::Connect(_) => "could not connect to",
         SendError::Http(_) => "error talking to",
@@ -307,7 +335,7 @@ impl HttpClient {
             .clone()
             .call(uri.clone())
             .await
-            .map_err(|e| SendError::Connect(e.to_string()))?;
+            .map_err(|e| SendError::Connect(with_causes(&*e)))?;
         let (sender, conn) = http1::Builder::new()
             .handshake(io)
             .await
@@ -396,11 +424,11 @@ impl HttpClient {
             let io = connector
                 .call(uri)
                 .await
-                .map_err(|e| Arc::<str>::from(e.to_string()))?;
+                .map_err(|e| Arc::<str>::from(with_causes(&*e)))?;
             let (sender, mut conn) = http2::Builder::new(TokioExecutor::new())
                 .handshake(io)
                 .await
-                .map_err(|e| Arc::<str>::from(e.to_string()))?;
+                .map_err(|e| Arc::<str>::from(with_causes(&e)))?;
             tokio::spawn(std::future::poll_fn(move |cx| {
                 let done = Pin::new(&mut conn).poll(cx);
                 // The server's limit arrives in its SETTINGS, read as the connection runs.
@@ -607,6 +635,36 @@ pub fn secret_value(s: &str) -> HeaderValue {
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[test]
+    fn a_failure_shown_to_a_client_names_the_host_only_and_the_log_gets_the_causes() {
+        let uri: Uri = "https://user:secret@api.example.com:8443/api/v4/chat"
+            .parse()
+            .expect("uri");
+        let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let e = SendError::Connect(with_causes(&Wrapped("tcp connect error", refused)));
+        assert_eq!(
+            describe(&e, &uri),
+            "could not connect to api.example.com:8443"
+        );
+        assert_eq!(e.to_string(), "tcp connect error: refused");
+    }
+
+    /// An error that names what failed and keeps why as its source, as the connector's do.
+    #[derive(Debug)]
+    struct Wrapped(&'static str, std::io::Error);
+
+    impl std::fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Wrapped {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.1)
+        }
+    }
 
     #[test]
     fn an_origin_gets_the_path_in_the_request_line_and_a_host_header() {

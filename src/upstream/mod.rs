@@ -397,11 +397,14 @@ impl Upstream {
         let resp = match tokio::time::timeout_at(deadline, self.client.send(req)).await {
             Err(_) => return Err(timeout()),
             Ok(Err(e)) => {
+                let why = client::describe(&e, endpoint.uri());
+                // The causes are for the operator; the client is told the kind and the host.
+                tracing::warn!(cause = %e, "upstream unreachable: {why}");
                 return Err(Failed {
                     failure: Failure::transport(),
                     answer: None,
-                    error: ApiError::UpstreamUnreachable(client::describe(&e, endpoint.uri())),
-                })
+                    error: ApiError::UpstreamUnreachable(why),
+                });
             }
             Ok(Ok(r)) => r,
         };
