@@ -179,7 +179,9 @@ def glmgate_conf(tmp, port, mock_port, kind="plain"):
     - `openai-only` / `anthropic-only`: the upstream speaks one format, so clients of the other
       are translated;
     - `http2`: as `plain`, speaking HTTP/2 to the upstream (`upstream.http2`);
-    - `pgo`: as `plain`, for the binary built by scripts/build-pgo."""
+    - `pgo`: as `plain`, for the binary built by scripts/build-pgo;
+    - `tls`: as `plain`, the upstream at `https://localhost:{mock_port}`, circuit breaker off
+      (for `--tls-check`, where every call fails)."""
     name = "glmgate" if kind == "plain" else f"glmgate-{kind}"
     path = os.path.join(tmp, f"{name}.toml")
     base = f"""
@@ -190,12 +192,15 @@ path = "{tmp}/{name}.db"
 [admin]
 token = "{ADMIN_TOKEN}"
 """
-    openai = f"http://127.0.0.1:{mock_port}/api/coding/paas/v4" if kind != "anthropic-only" else ""
-    anthropic = f"http://127.0.0.1:{mock_port}/api/anthropic" if kind != "openai-only" else ""
-    if kind == "failover":
-        upstream = f"""
+    origin = f"https://localhost:{mock_port}" if kind == "tls" else f"http://127.0.0.1:{mock_port}"
+    openai = f"{origin}/api/coding/paas/v4" if kind != "anthropic-only" else ""
+    anthropic = f"{origin}/api/anthropic" if kind != "openai-only" else ""
+    breaker_off = """
 [upstream.breaker]
 failures = 1000000000
+"""
+    if kind == "failover":
+        upstream = breaker_off + f"""
 [[providers]]
 name = "mock"
 preset = "custom"
@@ -215,13 +220,19 @@ preset = "custom"
 openai_base_url = "{openai}"
 anthropic_base_url = "{anthropic}"
 keys = ["bench-upstream-key"]
-""" + ("http2 = true\n" if kind == "http2" else "")
+""" + ("http2 = true\n" if kind == "http2" else "") + (breaker_off if kind == "tls" else "")
     with open(path, "w") as f:
         f.write(base + upstream)
     return path
 
 
 ADMIN_TOKEN = "bench-admin-token"
+
+
+def client_key(binary, conf):
+    """A new client key for the gateway configured by `conf`."""
+    return subprocess.run([binary, "keys", "create", "--name", "bench", "--config", conf],
+                          check=True, capture_output=True, text=True).stdout.strip()
 
 
 def scrape(port):
@@ -305,8 +316,7 @@ class Rig:
             port = self.gg_port if kind == "plain" else free_port()
             conf = glmgate_conf(tmp, port, self.mock_port, kind)
             binary = pgo if kind == "pgo" else gateway_bin
-            key = subprocess.run([binary, "keys", "create", "--name", "bench", "--config", conf],
-                                 check=True, capture_output=True, text=True).stdout.strip()
+            key = client_key(binary, conf)
             prefix = glmgate_prefix if kind == prefix_kind else ()
             # Every gateway logs as users run it (one `info` line a request), so the rows
             # compare like with like.
@@ -597,24 +607,9 @@ def run_tls_check(args):
                         "-nodes", "-keyout", key, "-out", cert, "-days", "1", "-subj", "/CN=localhost"],
                        check=True, capture_output=True)
         tls_port, gw_port = free_port(), free_port()
-        conf = os.path.join(tmp, "glmgate.toml")
-        with open(conf, "w") as f:
-            f.write(f"""
-[server]
-listen = "127.0.0.1:{gw_port}"
-[store]
-path = "{tmp}/glmgate.db"
-[upstream]
-preset = "custom"
-openai_base_url = "https://localhost:{tls_port}/api/coding/paas/v4"
-anthropic_base_url = "https://localhost:{tls_port}/api/anthropic"
-keys = ["bench-upstream-key"]
-[upstream.breaker]
-failures = 1000000000
-""")
-        client_key = subprocess.run([binary, "keys", "create", "--name", "tls", "--config", conf],
-                                    check=True, capture_output=True, text=True).stdout.strip()
-        # Every request fails upstream: the circuit breaker is off so that each suite is tried.
+        # Every call fails upstream: the circuit breaker is off so that each suite is tried.
+        conf = glmgate_conf(tmp, gw_port, tls_port, "tls")
+        api_key = client_key(binary, conf)
         procs.start([binary, "serve", "--config", conf], os.path.join(tmp, "glmgate.log"))
         wait_port(gw_port)
         for suite in TLS13_SUITES:
@@ -625,7 +620,7 @@ failures = 1000000000
             req = urllib.request.Request(
                 f"http://127.0.0.1:{gw_port}/v1/chat/completions",
                 data=json.dumps(SCENARIOS["openai"][1]).encode(),
-                headers={"authorization": f"Bearer {client_key}", "content-type": "application/json"})
+                headers={"authorization": f"Bearer {api_key}", "content-type": "application/json"})
             try:
                 status = urllib.request.urlopen(req, timeout=30).status
             except urllib.error.HTTPError as e:
