@@ -70,6 +70,8 @@ pub struct UsageRecord {
     pub ttfb_us: Option<u64>,
     /// `provider/account` that answered, if any did.
     pub account: Option<std::sync::Arc<str>>,
+    /// Upstream requests it took (retries and failovers included; 0 when none was sent).
+    pub attempts: u32,
 }
 
 /// The request path's handle: `record` takes a short lock and never waits on the database.

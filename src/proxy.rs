@@ -207,7 +207,13 @@ async fn send_with_fallbacks(
     loop {
         let result = state
             .upstream
-            .send(route.dialect, &ledger.head.model, forwarded, body.clone())
+            .send(
+                route.dialect,
+                &ledger.head.model,
+                forwarded,
+                body.clone(),
+                &mut ledger.attempts,
+            )
             .await;
         let unservable = match &result {
             Err(ApiError::QuotaExhausted { .. } | ApiError::ModelUnavailable(_)) => true,
@@ -277,7 +283,6 @@ fn stream_back(
     let status = opened.status;
     ledger.status = status;
     ledger.account = opened.account.take();
-    ledger.attempts = opened.attempts;
     let mut headers = HeaderMap::new();
     // One pass over the upstream's few headers, not a hashed lookup per allowed name.
     for (name, v) in &opened.headers {
@@ -432,6 +437,7 @@ impl Drop for Ledger {
             latency_us,
             ttfb_us: self.ttfb_us,
             account: self.account.take(),
+            attempts: self.attempts,
         });
     }
 }
@@ -746,7 +752,6 @@ mod tests {
             rest: Some(Box::pin(stream::iter(rest))),
             permit: None,
             account: None,
-            attempts: 1,
             failure: None,
         };
         let body =

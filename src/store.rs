@@ -39,6 +39,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "key_models",
         include_str!("../migrations/sqlite/0003_key_models.sql"),
     ),
+    (
+        4,
+        "usage_attempts",
+        include_str!("../migrations/sqlite/0004_usage_attempts.sql"),
+    ),
 ];
 
 #[derive(Debug)]
@@ -239,7 +244,8 @@ impl Store {
     pub async fn usage_rows(&self) -> sqlx::Result<Vec<serde_json::Value>> {
         let rows = sqlx::query(
             "SELECT request_id, key_id, api, model, stream, status, outcome, input_tokens,
-                    output_tokens, cached_tokens, reasoning_tokens, estimated, upstream
+                    output_tokens, cached_tokens, reasoning_tokens, estimated, upstream,
+                    attempts
              FROM usage_records ORDER BY id",
         )
         .fetch_all(&self.pool)
@@ -260,6 +266,7 @@ impl Store {
                     "reasoning_tokens": r.try_get::<i64, _>(10)?,
                     "estimated": r.try_get::<bool, _>(11)?,
                     "upstream": r.try_get::<Option<String>, _>(12)?,
+                    "attempts": r.try_get::<i64, _>(13)?,
                 }))
             })
             .collect()
@@ -398,6 +405,7 @@ impl UsageWriter<'_> {
                 bind(&((r.latency_us / 1000) as i64))?;
                 bind(&r.ttfb_us.map(|v| (v / 1000) as i64))?;
                 bind(&r.account.as_deref())?;
+                bind(&r.attempts)?;
             }
             insert.raw_execute()?;
         }
@@ -419,7 +427,7 @@ fn key_row(r: &sqlx::sqlite::SqliteRow) -> sqlx::Result<KeyRow> {
     })
 }
 
-const USAGE_COLUMNS: usize = 16;
+const USAGE_COLUMNS: usize = 17;
 
 /// The text of the usage INSERT for `rows` rows (1, 4, 16 or 64); built when the writer
 /// first prepares that size.
@@ -428,7 +436,7 @@ fn usage_insert_sql(rows: usize) -> String {
     format!(
         "INSERT INTO usage_records (ts_ms, request_id, key_id, api, model, stream, status, \
          outcome, input_tokens, output_tokens, cached_tokens, reasoning_tokens, estimated, \
-         latency_ms, ttfb_ms, upstream) VALUES {}",
+         latency_ms, ttfb_ms, upstream, attempts) VALUES {}",
         vec![row; rows].join(", ")
     )
 }
@@ -495,6 +503,7 @@ pub(crate) mod testing {
             latency_us: 1000,
             ttfb_us: None,
             account: None,
+            attempts: 1,
         }
     }
 }

@@ -51,7 +51,6 @@ pub struct Opened {
     pub permit: Option<Permit>,
     /// `provider/account` that answered.
     pub account: Option<Arc<str>>,
-    pub attempts: u32,
     /// Set when this is an upstream error answer passed on after the retries: its class.
     pub failure: Option<Class>,
 }
@@ -189,13 +188,15 @@ impl Upstream {
     }
 
     /// Sends `body` for `model`, retrying on other accounts or keys as the failure class
-    /// allows, until an answer's first bytes are in hand.
+    /// allows, until an answer's first bytes are in hand. Each upstream request made adds
+    /// one to `sent`, whatever the outcome.
     pub async fn send(
         &self,
         dialect: Dialect,
         model: &str,
         forwarded: &Forwarded,
         body: Bytes,
+        sent: &mut u32,
     ) -> Result<Opened, ApiError> {
         let started = Instant::now();
         let mut avoid: Vec<Arc<str>> = Vec::new();
@@ -232,6 +233,7 @@ impl Upstream {
                 continue;
             }
             let t0 = Instant::now();
+            *sent += 1;
             let result = self
                 .attempt(&pool, &target, dialect, forwarded, body.clone())
                 .await;
@@ -240,7 +242,6 @@ impl Upstream {
                     permit.succeeded(t0.elapsed());
                     opened.permit = Some(permit);
                     opened.account = Some(target.account);
-                    opened.attempts = attempt;
                     return Ok(opened);
                 }
                 Err(Failed {
@@ -261,10 +262,12 @@ impl Upstream {
                     let now = Instant::now();
                     let timed_out = matches!(error, ApiError::UpstreamTimeout(_));
                     // What the client gets if this is the end: the upstream's own answer,
-                    // marked with its failure class (the fallback step reads it).
+                    // marked with its failure class (the fallback step reads it) and the
+                    // account that gave it.
                     let outcome = answer
                         .map(|mut a| {
                             a.failure = Some(failure.class);
+                            a.account = Some(target.account.clone());
                             a
                         })
                         .ok_or(error);
@@ -480,7 +483,6 @@ impl Upstream {
             rest: Some(stream),
             permit: None,
             account: None,
-            attempts: 0,
             failure: None,
         })
     }
@@ -575,7 +577,6 @@ fn buffered(status: StatusCode, mut headers: HeaderMap, body: Bytes) -> Opened {
         rest: None,
         permit: None,
         account: None,
-        attempts: 0,
         failure: None,
     }
 }

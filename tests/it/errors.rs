@@ -340,6 +340,20 @@ async fn upstream_error_statuses_and_bodies_are_passed_on() {
     assert!(rows[..4].iter().all(|r| r["outcome"] == "upstream_error"));
     assert_eq!(rows[4]["outcome"], "upstream_failed");
     assert_eq!(rows[4]["status"], 429);
+    // Each passed-on answer names the account that gave it, and the rows' attempts add up
+    // to what the mock received: the 400 once, the retried ones as often as they were sent,
+    // the benched request never.
+    assert!(
+        rows[..4].iter().all(|r| r["upstream"].is_string()),
+        "{rows:?}"
+    );
+    assert_eq!(rows[0]["attempts"], 1);
+    assert_eq!(rows[4]["attempts"], 0);
+    let attempts: i64 = rows
+        .iter()
+        .map(|r| r["attempts"].as_i64().expect("n"))
+        .sum();
+    assert_eq!(Value::from(attempts), before, "{rows:?}");
 }
 
 #[tokio::test]
@@ -373,6 +387,9 @@ async fn empty_or_garbage_200_is_a_clean_502() {
         let body = with_fault(anthropic_body(false), fault);
         expect_anthropic_error(env.anthropic(&body).await, 502, "api_error").await;
     }
-    // Each was tried `retry.max_attempts` (4) times before the client was answered.
+    // Each was tried `retry.max_attempts` (4) times before the client was answered, and
+    // its history row says so.
     assert_eq!(env.mock_stats().await["requests"], 16);
+    let rows = env.usage_rows(4).await;
+    assert!(rows.iter().all(|r| r["attempts"] == 4), "{rows:?}");
 }

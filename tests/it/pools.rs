@@ -359,6 +359,18 @@ async fn overloads_and_broken_answers_fail_over_to_the_healthy_account() {
         assert!(a["keys"][0]["last_error"].is_string(), "{fault}: {a}");
         let rows = env.usage_rows(5).await;
         assert!(rows.iter().all(|r| r["upstream"] == "zai/b"), "{rows:?}");
+        // A request that met the fault first took two upstream requests; the rows add up
+        // to what the mock received.
+        assert!(rows.iter().any(|r| r["attempts"] == 2), "{fault}: {rows:?}");
+        let attempts: i64 = rows
+            .iter()
+            .map(|r| r["attempts"].as_i64().expect("n"))
+            .sum();
+        assert_eq!(
+            Value::from(attempts),
+            env.mock_stats().await["requests"],
+            "{fault}: {rows:?}"
+        );
     }
 }
 
