@@ -7,6 +7,7 @@ run, interleaved. Python standard library only; every process it starts is stopp
     bench/run --soak MINUTES                             RSS over a constant stream load
     bench/run --streams N                                N slow streams open at once
     bench/run --pgo                                      the table, with a PGO-built glmgate as a target
+    bench/run --with-hyper                               the table, with a plain hyper proxy as a target
     bench/instructions [--scenario S] [--target T]       instructions per request (callgrind)
     bench/bench.py --train BINARY                        a profiling run for scripts/build-pgo
     bench/bench.py --tls-check BINARY                    TLS to the upstream works (scripts/build-pgo)
@@ -33,6 +34,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RELEASE = os.path.join(ROOT, "target", "release")
 GLMGATE = os.path.join(RELEASE, "glmgate")
 LOAD = os.path.join(RELEASE, "glmgate-load")
+HYPER = os.path.join(RELEASE, "hyper-proxy")
 RESULTS = os.path.join(ROOT, "bench", "results")
 TICKS = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -296,11 +298,12 @@ class Rig:
     """The mock, nginx and glmgate (and LiteLLM if asked), started once for a run."""
 
     def __init__(self, tmp, procs, mock_args=(), glmgate_prefix=(), prefix_kind="plain", litellm=False,
-                 pgo=None, gateway_bin=GLMGATE, with_nginx=True):
+                 pgo=None, gateway_bin=GLMGATE, with_nginx=True, hyper=False):
         """`pgo`: a PGO-built binary, run as one more gateway (`pgo`) configured as `plain`;
-        `gateway_bin`: the binary the gateways run (the mock always runs the release build)."""
+        `gateway_bin`: the binary the gateways run (the mock always runs the release build);
+        `hyper`: also run `hyper-proxy` (bench/loadgen), hyper's plainest reverse proxy."""
         self.tmp, self.procs = tmp, procs
-        self.mock_port, self.nginx_port, self.gg_port = free_port(), free_port(), free_port()
+        self.mock_port, self.nginx_port, self.gg_port, self.hyper_port = (free_port() for _ in range(4))
         self.mock = procs.start([GLMGATE, "mock", "--listen", f"127.0.0.1:{self.mock_port}", *mock_args],
                                 os.path.join(tmp, "mock.log"), env={**os.environ, "GLMGATE_LOG": "warn"})
         wait_port(self.mock_port)
@@ -309,6 +312,12 @@ class Rig:
             self.nginx = procs.start(["nginx", "-c", nginx_conf(tmp, self.nginx_port, self.mock_port), "-p", tmp],
                                      os.path.join(tmp, "nginx.log"))
             wait_port(self.nginx_port)
+        self.hyper = None
+        if hyper:
+            self.hyper = procs.start([HYPER, "--listen", f"127.0.0.1:{self.hyper_port}",
+                                      "--upstream", f"127.0.0.1:{self.mock_port}"],
+                                     os.path.join(tmp, "hyper-proxy.log"))
+            wait_port(self.hyper_port)
         # name → (port, client key, process)
         self.gateways = {}
         kinds = ["plain", "failover", "openai-only", "anthropic-only", "http2"] + (["pgo"] if pgo else [])
@@ -340,8 +349,10 @@ class Rig:
 
     def target(self, name, api):
         """`translated` is glmgate in front of an upstream that speaks only the other format."""
-        if name in ("direct", "nginx"):
-            port, pid = (self.mock_port, None) if name == "direct" else (self.nginx_port, self.nginx.pid)
+        if name in ("direct", "nginx", "hyper"):
+            port, proc = {"direct": (self.mock_port, None), "nginx": (self.nginx_port, self.nginx),
+                          "hyper": (self.hyper_port, self.hyper)}[name]
+            pid = proc.pid if proc else None
             key, gw = "bench-upstream-key", False
         elif name == "litellm":
             # LiteLLM serves the OpenAI API at /chat/completions under its own key.
@@ -426,9 +437,11 @@ def run_table(args):
         if args.with_litellm:
             ensure_litellm()
         pgo = build_pgo() if args.pgo else None
-        rig = Rig(tmp, procs, litellm=args.with_litellm, pgo=pgo)
+        rig = Rig(tmp, procs, litellm=args.with_litellm, pgo=pgo, hyper=args.with_hyper)
         time.sleep(1)
         idle = {"glmgate": rss_mb(rig.gg.pid), "nginx": rss_mb(rig.nginx.pid)}
+        if rig.hyper:
+            idle["hyper"] = rss_mb(rig.hyper.pid)
         if pgo:
             idle["pgo"] = rss_mb(rig.gateways["pgo"][2].pid)
         if rig.litellm:
@@ -445,6 +458,7 @@ def run_table(args):
                 + (["translated"] if scenario in TRANSLATED_SCENARIOS else []) \
                 + (["http2"] if scenario in HTTP2_SCENARIOS else []) \
                 + (["pgo"] if pgo else []) \
+                + (["hyper"] if rig.hyper else []) \
                 + (["litellm"] if rig.litellm and SCENARIOS[scenario][0] == "openai" else [])
             for c in concurrencies:
                 reps = {t: [] for t in targets}
@@ -459,7 +473,7 @@ def run_table(args):
         open_loop = {}
         for t in ["direct", "nginx", "glmgate"]:
             open_loop[t] = measure(rig, t, "openai", 0, args.duration, rate=args.rate)
-        watched = [("glmgate", rig.gg), ("nginx", rig.nginx), ("litellm", rig.litellm)]
+        watched = [("glmgate", rig.gg), ("nginx", rig.nginx), ("hyper", rig.hyper), ("litellm", rig.litellm)]
         if pgo:
             watched.append(("pgo", rig.gateways["pgo"][2]))
         peak = {t: rss_mb(p.pid, "VmHWM") for t, p in watched if p}
@@ -509,6 +523,10 @@ def render(rows, open_loop, idle, peak, args):
               "(profile-guided optimisation, then BOLT's post-link layout, each trained by `bench/bench.py --train`) "
               "instead of `cargo build --release`."
               if "pgo" in idle else "")
+           + (" `hyper`: `hyper-proxy` (bench/loadgen), the plainest reverse proxy made of the crates glmgate "
+              "is built on (hyper's HTTP/1.1 server, hyper-util's pooled client, tokio's multi-threaded runtime), "
+              "passing requests and answers through with no logic: what those crates cost on their own."
+              if "hyper" in idle else "")
            + (" `litellm`: LiteLLM proxy (" + LITELLM_PIN + ", two workers, master key, no database) "
               "on the same mock, OpenAI scenarios only." if "litellm" in idle else ""), "",
            "| scenario | c | target | p50 | p90 | p99 | +p50 | +p99 | req/s | vs nginx req/s | CPU µs/req | +TTFB p50 |",
@@ -679,11 +697,11 @@ def run_streams(args):
     tmp = tempfile.mkdtemp(prefix="glmgate-streams-")
     try:
         # 28 events 300 ms apart: each stream stays open about 8 s.
-        rig = Rig(tmp, procs, mock_args=["--chunk-delay-ms", "300"])
+        rig = Rig(tmp, procs, mock_args=["--chunk-delay-ms", "300"], hyper=args.with_hyper)
         time.sleep(1)
         results = {}
         # One after the other, each its own process: each peak (VmHWM) covers its own run only.
-        for name in ("nginx", "glmgate", "http2"):
+        for name in ("nginx", "glmgate", "http2") + (("hyper",) if args.with_hyper else ()):
             url, headers, pid = rig.target(name, "openai")
             idle = rss_mb(pid)
             r = load(url, headers, body_file(tmp, "openai-stream"), args.streams, 6, requests=args.streams)
@@ -691,7 +709,7 @@ def run_streams(args):
     finally:
         procs.stop_all()
     for name, (r, idle, peak) in results.items():
-        what = "glmgate, HTTP/2 upstream" if name == "http2" else name
+        what = {"http2": "glmgate, HTTP/2 upstream", "hyper": "hyper-proxy"}.get(name, name)
         print(f"{args.streams} concurrent slow streams through {what}: {r['requests']} completed, "
               f"{r['errors']} failed; RSS idle {idle:.1f} MB, peak {peak:.1f} MB "
               f"({(peak - idle) * 1024 / args.streams:.1f} KB per stream); "
@@ -766,6 +784,8 @@ def main():
                     help="drive an instrumented glmgate through every scenario (used by scripts/build-pgo)")
     ap.add_argument("--tls-check", metavar="BINARY",
                     help="check a glmgate binary's TLS to the upstream (used by scripts/build-pgo)")
+    ap.add_argument("--with-hyper", action="store_true",
+                    help="add hyper-proxy (bench/loadgen: hyper's plainest reverse proxy, no logic) as a target")
     ap.add_argument("--with-litellm", action="store_true",
                     help=f"add LiteLLM proxy ({LITELLM_PIN}, installed once into bench/.litellm) as a target")
     args = ap.parse_args()
