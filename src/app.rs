@@ -396,28 +396,9 @@ impl Running {
     }
 }
 
-/// Pending connections the kernel holds for the gateway before it accepts them (capped by
-/// `net.core.somaxconn`). tokio's default is 1,024; a burst of thousands of clients
-/// connecting at once (agents reconnecting after a deploy) would overflow it, and each
-/// connection dropped that way waits a second for its SYN to be sent again.
-const LISTEN_BACKLOG: u32 = 4096;
-
-/// Binds the gateway's listening socket.
-pub fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = match addr {
-        std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-        std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
-    };
-    // As std's and tokio's binds do: a restarted gateway can bind while old connections
-    // linger in TIME_WAIT.
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(LISTEN_BACKLOG)
-}
-
 /// Binds `settings.listen` (port 0 picks a free port) and serves in the background.
 pub async fn spawn(settings: Settings) -> anyhow::Result<Running> {
-    let listener = listen(settings.listen)?;
+    let listener = TcpListener::bind(settings.listen).await?;
     let addr = listener.local_addr()?;
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let task = tokio::spawn(serve(settings, listener, async move {

@@ -129,7 +129,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if settings.upstream.key_count() == 0 {
                 tracing::warn!("no upstream key configured (upstream.keys or ZAI_API_KEY); /ready reports not ready");
             }
-            let listener = crate::app::listen(settings.listen)?;
+            let listener = tokio::net::TcpListener::bind(settings.listen).await?;
             let stop = crate::app::termination_signal();
             crate::app::serve(settings, listener, stop).await
         }
