@@ -301,9 +301,10 @@ class Rig:
                  pgo=None, gateway_bin=GLMGATE, with_nginx=True, hyper=False):
         """`pgo`: a PGO-built binary, run as one more gateway (`pgo`) configured as `plain`;
         `gateway_bin`: the binary the gateways run (the mock always runs the release build);
-        `hyper`: also run `hyper-proxy` (bench/loadgen), hyper's plainest reverse proxy."""
+        `hyper`: also run `hyper-proxy` (bench/loadgen), hyper's plainest reverse proxy, as
+        `hyper` (tokio's multi-threaded runtime) and `hyper-pc` (a runtime per core)."""
         self.tmp, self.procs = tmp, procs
-        self.mock_port, self.nginx_port, self.gg_port, self.hyper_port = (free_port() for _ in range(4))
+        self.mock_port, self.nginx_port, self.gg_port = free_port(), free_port(), free_port()
         self.mock = procs.start([GLMGATE, "mock", "--listen", f"127.0.0.1:{self.mock_port}", *mock_args],
                                 os.path.join(tmp, "mock.log"), env={**os.environ, "GLMGATE_LOG": "warn"})
         wait_port(self.mock_port)
@@ -312,12 +313,15 @@ class Rig:
             self.nginx = procs.start(["nginx", "-c", nginx_conf(tmp, self.nginx_port, self.mock_port), "-p", tmp],
                                      os.path.join(tmp, "nginx.log"))
             wait_port(self.nginx_port)
-        self.hyper = None
-        if hyper:
-            self.hyper = procs.start([HYPER, "--listen", f"127.0.0.1:{self.hyper_port}",
-                                      "--upstream", f"127.0.0.1:{self.mock_port}"],
-                                     os.path.join(tmp, "hyper-proxy.log"))
-            wait_port(self.hyper_port)
+        # name → (port, process): hyper-proxy on tokio's multi-threaded runtime, and with a
+        # runtime per core.
+        self.hypers = {}
+        for name, extra in (("hyper", []), ("hyper-pc", ["--per-core"])) if hyper else ():
+            port = free_port()
+            proc = procs.start([HYPER, "--listen", f"127.0.0.1:{port}", "--upstream",
+                                f"127.0.0.1:{self.mock_port}", *extra], os.path.join(tmp, f"{name}.log"))
+            wait_port(port)
+            self.hypers[name] = (port, proc)
         # name → (port, client key, process)
         self.gateways = {}
         kinds = ["plain", "failover", "openai-only", "anthropic-only", "http2"] + (["pgo"] if pgo else [])
@@ -349,9 +353,9 @@ class Rig:
 
     def target(self, name, api):
         """`translated` is glmgate in front of an upstream that speaks only the other format."""
-        if name in ("direct", "nginx", "hyper"):
+        if name in ("direct", "nginx", "hyper", "hyper-pc"):
             port, proc = {"direct": (self.mock_port, None), "nginx": (self.nginx_port, self.nginx),
-                          "hyper": (self.hyper_port, self.hyper)}[name]
+                          **self.hypers}[name]
             pid = proc.pid if proc else None
             key, gw = "bench-upstream-key", False
         elif name == "litellm":
@@ -440,8 +444,8 @@ def run_table(args):
         rig = Rig(tmp, procs, litellm=args.with_litellm, pgo=pgo, hyper=args.with_hyper)
         time.sleep(1)
         idle = {"glmgate": rss_mb(rig.gg.pid), "nginx": rss_mb(rig.nginx.pid)}
-        if rig.hyper:
-            idle["hyper"] = rss_mb(rig.hyper.pid)
+        for name, (_, proc) in rig.hypers.items():
+            idle[name] = rss_mb(proc.pid)
         if pgo:
             idle["pgo"] = rss_mb(rig.gateways["pgo"][2].pid)
         if rig.litellm:
@@ -458,7 +462,7 @@ def run_table(args):
                 + (["translated"] if scenario in TRANSLATED_SCENARIOS else []) \
                 + (["http2"] if scenario in HTTP2_SCENARIOS else []) \
                 + (["pgo"] if pgo else []) \
-                + (["hyper"] if rig.hyper else []) \
+                + list(rig.hypers) \
                 + (["litellm"] if rig.litellm and SCENARIOS[scenario][0] == "openai" else [])
             for c in concurrencies:
                 reps = {t: [] for t in targets}
@@ -473,7 +477,8 @@ def run_table(args):
         open_loop = {}
         for t in ["direct", "nginx", "glmgate"]:
             open_loop[t] = measure(rig, t, "openai", 0, args.duration, rate=args.rate)
-        watched = [("glmgate", rig.gg), ("nginx", rig.nginx), ("hyper", rig.hyper), ("litellm", rig.litellm)]
+        watched = [("glmgate", rig.gg), ("nginx", rig.nginx), ("litellm", rig.litellm)] \
+            + [(name, proc) for name, (_, proc) in rig.hypers.items()]
         if pgo:
             watched.append(("pgo", rig.gateways["pgo"][2]))
         peak = {t: rss_mb(p.pid, "VmHWM") for t, p in watched if p}
@@ -525,7 +530,9 @@ def render(rows, open_loop, idle, peak, args):
               if "pgo" in idle else "")
            + (" `hyper`: `hyper-proxy` (bench/loadgen), the plainest reverse proxy made of the crates glmgate "
               "is built on (hyper's HTTP/1.1 server, hyper-util's pooled client, tokio's multi-threaded runtime), "
-              "passing requests and answers through with no logic: what those crates cost on their own."
+              "passing requests and answers through with no logic: what those crates cost on their own. "
+              "`hyper-pc`: the same with one single-threaded runtime, listener (SO_REUSEPORT) and client "
+              "pool per core, so a request never changes thread."
               if "hyper" in idle else "")
            + (" `litellm`: LiteLLM proxy (" + LITELLM_PIN + ", two workers, master key, no database) "
               "on the same mock, OpenAI scenarios only." if "litellm" in idle else ""), "",
@@ -701,7 +708,7 @@ def run_streams(args):
         time.sleep(1)
         results = {}
         # One after the other, each its own process: each peak (VmHWM) covers its own run only.
-        for name in ("nginx", "glmgate", "http2") + (("hyper",) if args.with_hyper else ()):
+        for name in ("nginx", "glmgate", "http2") + (("hyper", "hyper-pc") if args.with_hyper else ()):
             url, headers, pid = rig.target(name, "openai")
             idle = rss_mb(pid)
             r = load(url, headers, body_file(tmp, "openai-stream"), args.streams, 6, requests=args.streams)
@@ -709,7 +716,8 @@ def run_streams(args):
     finally:
         procs.stop_all()
     for name, (r, idle, peak) in results.items():
-        what = {"http2": "glmgate, HTTP/2 upstream", "hyper": "hyper-proxy"}.get(name, name)
+        what = {"http2": "glmgate, HTTP/2 upstream", "hyper": "hyper-proxy",
+                "hyper-pc": "hyper-proxy --per-core"}.get(name, name)
         print(f"{args.streams} concurrent slow streams through {what}: {r['requests']} completed, "
               f"{r['errors']} failed; RSS idle {idle:.1f} MB, peak {peak:.1f} MB "
               f"({(peak - idle) * 1024 / args.streams:.1f} KB per stream); "

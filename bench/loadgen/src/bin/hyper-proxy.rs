@@ -4,8 +4,11 @@
 //! headers, body streamed) to one upstream through hyper-util's pooled client, and the
 //! answer is streamed back as it comes. No authentication, routing, accounting or logs.
 //!
-//! Serving runs on tokio's multi-threaded runtime (one worker per core, as glmgate has one
-//! serving thread per core); each accepted connection is served by hyper's HTTP/1.1 server.
+//! Each accepted connection is served by hyper's HTTP/1.1 server. By default on tokio's
+//! multi-threaded runtime, one worker per core, as the crates' documentation composes
+//! them. With `--per-core`, one single-threaded runtime per core instead, each with its
+//! own listener on the port (`SO_REUSEPORT`) and its own client pool, so a request and
+//! its upstream connection never change thread (glmgate's layout, without its balancing).
 
 use std::net::SocketAddr;
 
@@ -25,16 +28,50 @@ struct Args {
     /// The upstream's address, `host:port` (plain HTTP).
     #[arg(long)]
     upstream: String,
+    /// One single-threaded runtime and listener per core.
+    #[arg(long)]
+    per_core: bool,
 }
 
-#[tokio::main]
-async fn main() -> std::io::Result<()> {
+fn main() -> std::io::Result<()> {
     let args = Args::parse();
-    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    let upstream: &'static str = Box::leak(args.upstream.into_boxed_str());
+    let addr = args.listen;
+    if !args.per_core {
+        return tokio::runtime::Runtime::new()?.block_on(async move {
+            serve(tokio::net::TcpListener::bind(addr).await?, upstream).await
+        });
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads: Vec<_> = (0..cores)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                runtime.block_on(async move {
+                    let socket = match addr {
+                        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+                        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+                    };
+                    socket.set_reuseaddr(true)?;
+                    socket.set_reuseport(true)?;
+                    socket.bind(addr)?;
+                    serve(socket.listen(1024)?, upstream).await
+                })
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("serving thread")?;
+    }
+    Ok(())
+}
+
+async fn serve(listener: tokio::net::TcpListener, upstream: &'static str) -> std::io::Result<()> {
     let client: Client<HttpConnector, Incoming> =
         Client::builder(TokioExecutor::new()).build_http();
-    let host = HeaderValue::from_str(&args.upstream).expect("host:port");
-    let authority: &'static str = Box::leak(args.upstream.into_boxed_str());
+    let host = HeaderValue::from_static(upstream);
     loop {
         let (stream, _) = listener.accept().await?;
         let _ = stream.set_nodelay(true);
@@ -44,7 +81,7 @@ async fn main() -> std::io::Result<()> {
                 let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
                 let uri = Uri::builder()
                     .scheme("http")
-                    .authority(authority)
+                    .authority(upstream)
                     .path_and_query(path)
                     .build();
                 let client = client.clone();
