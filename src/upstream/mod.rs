@@ -98,6 +98,20 @@ struct Failed {
     answer: Option<Opened>,
     /// The gateway's error, when there is no upstream answer to pass on.
     error: ApiError,
+    /// Why, in more detail than the client is told (the connector's causes): for the log.
+    cause: Option<String>,
+}
+
+impl Failed {
+    /// A failure with no HTTP answer to pass on: the client gets `error`.
+    fn transport(error: ApiError) -> Failed {
+        Failed {
+            failure: Failure::transport(),
+            answer: None,
+            error,
+            cause: None,
+        }
+    }
 }
 
 pub struct Upstream {
@@ -248,6 +262,7 @@ impl Upstream {
                     failure,
                     answer,
                     error,
+                    cause,
                 }) => {
                     permit.failed(&failure, &pool, &target.account);
                     drop(permit);
@@ -257,6 +272,8 @@ impl Upstream {
                         key = %target.key.label,
                         attempt,
                         failure = %failure.describe(),
+                        error = %error,
+                        cause = cause.as_deref(),
                         "upstream attempt failed"
                     );
                     let now = Instant::now();
@@ -376,37 +393,26 @@ impl Upstream {
     ) -> Result<Opened, Failed> {
         let p = &pool.policy;
         let deadline = tokio::time::Instant::now() + p.first_byte_timeout;
-        let timeout = || Failed {
-            failure: Failure::transport(),
-            answer: None,
-            error: ApiError::UpstreamTimeout(p.first_byte_timeout.as_secs()),
-        };
-        let invalid = |why: &str| Failed {
-            failure: Failure::transport(),
-            answer: None,
-            error: ApiError::UpstreamInvalid(why.to_string()),
-        };
+        let timeout =
+            || Failed::transport(ApiError::UpstreamTimeout(p.first_byte_timeout.as_secs()));
+        let invalid = |why: &str| Failed::transport(ApiError::UpstreamInvalid(why.to_string()));
         let Some(endpoint) = target.provider.endpoint(dialect) else {
-            return Err(Failed {
-                failure: Failure::transport(),
-                answer: None,
-                error: ApiError::NoUpstream(format!(
-                    "no upstream speaks the {} API",
-                    dialect.as_str()
-                )),
-            });
+            return Err(Failed::transport(ApiError::NoUpstream(format!(
+                "no upstream speaks the {} API",
+                dialect.as_str()
+            ))));
         };
         let req = build(endpoint, target, dialect, forwarded, body);
         let resp = match tokio::time::timeout_at(deadline, self.client.send(req)).await {
             Err(_) => return Err(timeout()),
             Ok(Err(e)) => {
-                let why = client::describe(&e, endpoint.uri());
-                // The causes are for the operator; the client is told the kind and the host.
-                tracing::warn!(cause = %e, "upstream unreachable: {why}");
+                // The client is told the kind and the host; the causes go to the log.
                 return Err(Failed {
-                    failure: Failure::transport(),
-                    answer: None,
-                    error: ApiError::UpstreamUnreachable(why),
+                    cause: Some(e.to_string()),
+                    ..Failed::transport(ApiError::UpstreamUnreachable(client::describe(
+                        &e,
+                        endpoint.uri(),
+                    )))
                 });
             }
             Ok(Ok(r)) => r,
@@ -435,6 +441,7 @@ impl Upstream {
                 failure,
                 answer: Some(buffered(status, headers, body)),
                 error: ApiError::UpstreamInvalid(format!("HTTP {status}")),
+                cause: None,
             });
         }
         let is_sse = headers
@@ -473,6 +480,7 @@ impl Upstream {
                 )),
                 failure,
                 answer,
+                cause: None,
             });
         }
         Ok(Opened {
