@@ -35,6 +35,7 @@ RELEASE = os.path.join(ROOT, "target", "release")
 GLMGATE = os.path.join(RELEASE, "glmgate")
 LOAD = os.path.join(RELEASE, "glmgate-load")
 HYPER = os.path.join(RELEASE, "hyper-proxy")
+WRK_SCRIPT = os.path.join(ROOT, "bench", "wrk.lua")
 RESULTS = os.path.join(ROOT, "bench", "results")
 TICKS = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -47,8 +48,9 @@ def log(*a):
     print(*a, file=sys.stderr, flush=True)
 
 
-def ensure_tools(need_valgrind=False, need_nginx=True):
-    wanted = (["nginx"] if need_nginx else []) + (["valgrind"] if need_valgrind else [])
+def ensure_tools(need_valgrind=False, need_nginx=True, need_wrk=False):
+    wanted = (["nginx"] if need_nginx else []) + (["valgrind"] if need_valgrind else []) \
+        + (["wrk"] if need_wrk else [])
     missing = [tool for tool in wanted if not shutil.which(tool)]
     if missing:
         log(f"installing {' '.join(missing)} from Debian")
@@ -340,6 +342,7 @@ class Rig:
         self.key, self.gg = self.gateways["plain"][1], self.gateways["plain"][2]
         # Requests sent to the plain gateway, to check against what its metrics counted.
         self.sent_plain = 0
+        self.loadgen = "glmgate-load"
         self.litellm = None
         if litellm:
             # Two worker processes, as glmgate has two serving threads on this machine.
@@ -396,7 +399,9 @@ def body_file(tmp, scenario):
     return path
 
 
-def load(url, headers, body, concurrency, duration, rate=None, requests=None):
+def load(url, headers, body, concurrency, duration, rate=None, requests=None, loadgen="glmgate-load"):
+    if loadgen == "wrk" and not rate and not requests:
+        return load_wrk(url, headers, body, concurrency, duration)
     args = [LOAD, "--url", url, "--body-file", body, "--concurrency", str(concurrency),
             "--duration", str(duration)]
     for h in headers:
@@ -409,11 +414,24 @@ def load(url, headers, body, concurrency, duration, rate=None, requests=None):
     return json.loads(out.stdout)
 
 
+def load_wrk(url, headers, body, concurrency, duration):
+    """The closed loop driven by Debian's wrk instead (`--loadgen wrk`): a cross-check of
+    glmgate-load's figures with a load generator nobody here wrote. wrk has no warm-up and
+    no time to first byte: the TTFB figures are its total latency."""
+    threads = min(os.cpu_count() or 1, concurrency)
+    out = subprocess.run(["wrk", f"-t{threads}", f"-c{concurrency}", f"-d{max(1, round(duration))}s", "-s", WRK_SCRIPT,
+                          url, "--", body, *headers],
+                         check=True, capture_output=True, text=True, timeout=duration + 600)
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    r["ttfb_us"] = r["latency_us"]
+    return r
+
+
 def measure(rig, target, scenario, concurrency, duration, rate=None):
     url, headers, pid = rig.target(target, SCENARIOS[scenario][0])
     cpu0 = cpu_seconds(pid) if pid else 0
     up0 = mock_requests(rig.mock_port)
-    r = load(url, headers, body_file(rig.tmp, scenario), concurrency, duration, rate)
+    r = load(url, headers, body_file(rig.tmp, scenario), concurrency, duration, rate, loadgen=rig.loadgen)
     # The CPU delta spans the warm-up too, so it is divided by every request sent.
     sent = max(r.get("sent", r["requests"]), 1)
     r["cpu_us_per_req"] = ((cpu_seconds(pid) - cpu0) * 1e6 / sent) if pid else None
@@ -434,7 +452,7 @@ def fmt(v, digits=0):
 
 
 def run_table(args):
-    ensure_tools()
+    ensure_tools(need_wrk=args.loadgen == "wrk")
     procs = Procs()
     tmp = tempfile.mkdtemp(prefix="glmgate-bench-")
     try:
@@ -442,6 +460,7 @@ def run_table(args):
             ensure_litellm()
         pgo = build_pgo() if args.pgo else None
         rig = Rig(tmp, procs, litellm=args.with_litellm, pgo=pgo, hyper=args.with_hyper)
+        rig.loadgen = args.loadgen
         time.sleep(1)
         idle = {"glmgate": rss_mb(rig.gg.pid), "nginx": rss_mb(rig.nginx.pid)}
         for name, (_, proc) in rig.hypers.items():
@@ -515,7 +534,9 @@ def render(rows, open_loop, idle, peak, args):
     out = [f"# glmgate benchmark, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC", "",
            f"Machine: {machine()}. Load generator, mock, nginx and glmgate share these cores.",
            f"Each cell: median of {args.reps} interleaved repetitions of {args.duration} s "
-           f"(closed loop). Latencies in µs. Overhead = target − direct in the same repetition.",
+           f"(closed loop, load from {args.loadgen}"
+           + ("; wrk measures no time to first byte" if args.loadgen == "wrk" else "")
+           + "). Latencies in µs. Overhead = target − direct in the same repetition.",
            "`failover`: glmgate with a second, dead account (its key always gets HTTP 500, circuit "
            "breaker off) next to the good one; requests that try it first are retried on the good one "
            "before the client sees a byte. Attempts/req counts the upstream requests per client request. "
@@ -556,7 +577,7 @@ def render(rows, open_loop, idle, peak, args):
                        f"{'' if t == 'direct' else fmt(over('p50'))} | {'' if t == 'direct' else fmt(over('p99'))} | "
                        f"{fmt(rps)} | {fmt(ratio, 2) if t not in ('direct', 'nginx') else ''} | "
                        f"{fmt(med([r['cpu_us_per_req'] for r in rs]), 1)} | "
-                       f"{fmt(ttfb) if stream and t != 'direct' else ''} |")
+                       f"{fmt(ttfb) if stream and t != 'direct' and args.loadgen != 'wrk' else ''} |")
     out += ["", f"Open loop, OpenAI non-stream at {args.rate} req/s for {args.duration} s (latency from the scheduled start):", "",
             "| target | p50 | p90 | p99 | max | errors |", "|---|---|---|---|---|---|"]
     for t, r in open_loop.items():
@@ -794,6 +815,8 @@ def main():
                     help="check a glmgate binary's TLS to the upstream (used by scripts/build-pgo)")
     ap.add_argument("--with-hyper", action="store_true",
                     help="add hyper-proxy (bench/loadgen: hyper's plainest reverse proxy, no logic) as a target")
+    ap.add_argument("--loadgen", choices=("glmgate-load", "wrk"), default="glmgate-load",
+                    help="the closed loop's load generator (wrk: Debian's, as a cross-check; no TTFB)")
     ap.add_argument("--with-litellm", action="store_true",
                     help=f"add LiteLLM proxy ({LITELLM_PIN}, installed once into bench/.litellm) as a target")
     args = ap.parse_args()

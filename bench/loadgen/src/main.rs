@@ -1,22 +1,43 @@
-//! `glmgate-load`: drives one HTTP endpoint with POST requests and prints one JSON line of
-//! results (requests, errors, requests per second, latency and time-to-first-byte
+//! `glmgate-load`: drives one plain-HTTP endpoint with POST requests and prints one JSON
+//! line of results (requests, errors, requests per second, latency and time-to-first-byte
 //! percentiles in microseconds).
 //!
-//! Closed loop (`--concurrency N`): N workers, each sends its next request when the last one
-//! has been read to the end. Open loop (`--rate R`): requests start on a fixed schedule and
-//! latency counts from the scheduled start, so a stall is not hidden (no coordinated
-//! omission). Time to first byte is until the first body chunk, which for a stream is the
-//! first event.
+//! Closed loop (`--concurrency N`): N workers, each with its own keep-alive connection,
+//! sends its next request when the last answer has been read to the end. Open loop
+//! (`--rate R`): requests start on a fixed schedule, each on an idle connection of its
+//! thread or a new one, and latency counts from the scheduled start, so a stall is not
+//! hidden (no coordinated omission). Time to first byte is until the first body chunk,
+//! which for a stream is the first event.
+//!
+//! Built to cost the machine little, since on a small machine it shares the cores with
+//! what it measures: a few threads (`--threads`), each a single-threaded runtime owning
+//! its workers and connections, hyper's HTTP/1.1 client connections used directly (no
+//! pool shared between threads, no task per connection hopping threads), the request's
+//! head built once. About as light per request as `wrk` (bench/README.md).
 
+use std::cell::RefCell;
+use std::future::poll_fn;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
+use std::pin::Pin;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use clap::Parser;
+use http_body_util::Full;
+use hyper::body::Body;
+use hyper::client::conn::http1::SendRequest;
+use hyper::header::{HeaderMap, HeaderName, HeaderValue, HOST};
+use hyper::{Method, Request, Uri};
+use hyper_util::rt::TokioIo;
+use tokio::sync::mpsc::UnboundedReceiver;
 
 #[derive(Parser, Clone)]
 struct Args {
+    /// `http://host:port/path` (plain HTTP).
     #[arg(long)]
     url: String,
     /// `name: value`, repeatable.
@@ -37,6 +58,9 @@ struct Args {
     /// Closed loop: stop after exactly this many requests (no warm-up; for instruction counts).
     #[arg(long)]
     requests: Option<u64>,
+    /// Threads sending requests (default: one per core, at most one per worker).
+    #[arg(long)]
+    threads: Option<usize>,
 }
 
 #[derive(Default)]
@@ -59,35 +83,107 @@ impl Samples {
             None => self.errors += 1,
         }
     }
+
+    fn merge(&mut self, other: Samples) {
+        self.latency_us.extend(other.latency_us);
+        self.ttfb_us.extend(other.ttfb_us);
+        self.errors += other.errors;
+        self.sent += other.sent;
+    }
 }
 
-struct Shared {
-    client: reqwest::Client,
-    url: String,
-    headers: reqwest::header::HeaderMap,
+/// What every request is made of, shared by all threads.
+struct Target {
+    addr: SocketAddr,
+    path: Uri,
+    /// `Host` and the `--header`s.
+    headers: HeaderMap,
     /// The request body, shared without copying.
-    body: bytes::Bytes,
+    body: Bytes,
 }
 
-/// One request; returns (latency, time to first byte) from `start`, or None on error.
-async fn one(s: &Shared, start: Instant) -> Option<(Duration, Duration)> {
-    let resp = s
-        .client
-        .post(&s.url)
-        .headers(s.headers.clone())
-        .body(s.body.clone())
-        .send()
+impl Target {
+    fn parse(args: &Args) -> Result<Target, Box<dyn std::error::Error>> {
+        let uri: Uri = args.url.parse()?;
+        if uri.scheme_str() != Some("http") {
+            return Err("only http:// URLs".into());
+        }
+        let authority = uri.authority().ok_or("URL without host")?.clone();
+        let port = authority.port_u16().unwrap_or(80);
+        let addr = (authority.host(), port)
+            .to_socket_addrs()?
+            .next()
+            .ok_or("host did not resolve")?;
+        let mut headers = HeaderMap::new();
+        headers.insert(HOST, HeaderValue::from_str(authority.as_str())?);
+        for h in &args.headers {
+            let (name, value) = h.split_once(':').ok_or("header must be `name: value`")?;
+            headers.insert(
+                HeaderName::from_bytes(name.trim().as_bytes())?,
+                value.trim().parse()?,
+            );
+        }
+        let path = uri.path_and_query().map_or("/", |p| p.as_str()).parse()?;
+        Ok(Target {
+            addr,
+            path,
+            headers,
+            body: Bytes::from(std::fs::read(&args.body_file)?),
+        })
+    }
+
+    fn request(&self) -> Request<Full<Bytes>> {
+        let mut req = Request::new(Full::new(self.body.clone()));
+        *req.method_mut() = Method::POST;
+        *req.uri_mut() = self.path.clone();
+        *req.headers_mut() = self.headers.clone();
+        req
+    }
+}
+
+type Conn = SendRequest<Full<Bytes>>;
+
+/// A thread's idle keep-alive connections.
+type Idle = Rc<RefCell<Vec<Conn>>>;
+
+/// A new connection, driven by a task of this thread.
+async fn connect(t: &Target) -> Option<Conn> {
+    let tcp = tokio::net::TcpStream::connect(t.addr).await.ok()?;
+    tcp.set_nodelay(true).ok()?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
         .await
         .ok()?;
+    tokio::task::spawn_local(conn);
+    Some(sender)
+}
+
+/// One request on an idle connection of this thread, or a new one, which goes back to the
+/// idle list if the answer left it usable. Returns (latency, time to first byte) from
+/// `start`, or None on error.
+async fn one(t: &Target, idle: &Idle, start: Instant) -> Option<(Duration, Duration)> {
+    let mut conn = loop {
+        let reused = idle.borrow_mut().pop();
+        match reused {
+            // One the server closed after its last answer is dropped, not counted.
+            Some(mut c) => match c.ready().await {
+                Ok(()) => break c,
+                Err(_) => continue,
+            },
+            None => break connect(t).await?,
+        }
+    };
+    let resp = conn.send_request(t.request()).await.ok()?;
     let ok = resp.status().is_success();
-    let mut resp = resp;
+    let mut body = resp.into_body();
     let mut ttfb = None;
-    while let Some(chunk) = resp.chunk().await.ok()? {
-        if ttfb.is_none() && !chunk.is_empty() {
+    while let Some(frame) = poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+        let frame = frame.ok()?;
+        if ttfb.is_none() && frame.data_ref().is_some_and(|d| !d.is_empty()) {
             ttfb = Some(start.elapsed());
         }
     }
     let latency = start.elapsed();
+    idle.borrow_mut().push(conn);
     ok.then(|| (latency, ttfb.unwrap_or(latency)))
 }
 
@@ -106,54 +202,39 @@ fn percentiles(v: &mut [u32]) -> serde_json::Value {
     serde_json::json!({"p50": at(0.50), "p90": at(0.90), "p99": at(0.99), "max": at(1.0)})
 }
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args = Args::parse();
-    let mut headers = reqwest::header::HeaderMap::new();
-    for h in &args.headers {
-        let (name, value) = h.split_once(':').ok_or("header must be `name: value`")?;
-        headers.insert(
-            reqwest::header::HeaderName::from_bytes(name.trim().as_bytes())?,
-            value.trim().parse()?,
-        );
-    }
-    let body = bytes::Bytes::from(std::fs::read(&args.body_file)?);
-    let pool = args.concurrency.max(64);
-    let shared = Arc::new(Shared {
-        client: reqwest::Client::builder()
-            .pool_max_idle_per_host(pool)
-            .tcp_nodelay(true)
-            .build()?,
-        url: args.url.clone(),
-        headers,
-        body,
-    });
-    let begin = Instant::now();
-    let (warmup, duration) = match args.requests {
-        Some(_) => (0.0, 3600.0),
-        None => (args.warmup, args.duration),
-    };
-    let measure_from = begin + Duration::from_secs_f64(warmup);
-    let end = measure_from + Duration::from_secs_f64(duration);
-    // Requests left to start (`--requests`); effectively unlimited otherwise.
-    let budget = Arc::new(AtomicI64::new(args.requests.map_or(i64::MAX, |n| n as i64)));
+/// When to stop, and which requests count.
+struct Plan {
+    measure_from: Instant,
+    end: Instant,
+    /// Requests left to start (`--requests`); effectively unlimited otherwise.
+    budget: AtomicI64,
+}
 
+/// Thread `index` of `threads`: its share of the closed-loop workers, or the open loop's
+/// requests whose scheduled starts the pacer sends it.
+async fn thread_main(
+    args: Arc<Args>,
+    target: Arc<Target>,
+    plan: Arc<Plan>,
+    (index, threads): (usize, usize),
+    schedule: Option<UnboundedReceiver<Instant>>,
+) -> Samples {
+    let idle: Idle = Rc::default();
     let mut tasks = Vec::new();
     match args.rate {
         None => {
-            for _ in 0..args.concurrency {
-                let s = shared.clone();
-                let budget = budget.clone();
-                tasks.push(tokio::spawn(async move {
+            for _ in (index..args.concurrency).step_by(threads) {
+                let (target, plan, idle) = (target.clone(), plan.clone(), idle.clone());
+                tasks.push(tokio::task::spawn_local(async move {
                     let mut out = Samples::default();
                     loop {
                         let start = Instant::now();
-                        if start >= end || budget.fetch_sub(1, Ordering::Relaxed) <= 0 {
+                        if start >= plan.end || plan.budget.fetch_sub(1, Ordering::Relaxed) <= 0 {
                             break;
                         }
-                        let r = one(&s, start).await;
+                        let r = one(&target, &idle, start).await;
                         out.sent += 1;
-                        if start >= measure_from {
+                        if start >= plan.measure_from {
                             out.add(r);
                         }
                     }
@@ -161,33 +242,95 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 }));
             }
         }
-        Some(rate) => {
-            let interval = Duration::from_secs_f64(1.0 / rate);
-            let mut next = Instant::now();
-            while next < end {
-                let s = shared.clone();
-                let scheduled = next;
-                tasks.push(tokio::spawn(async move {
+        Some(_) => {
+            let mut starts = schedule.expect("the open loop has a schedule");
+            while let Some(scheduled) = starts.recv().await {
+                let (target, plan, idle) = (target.clone(), plan.clone(), idle.clone());
+                tasks.push(tokio::task::spawn_local(async move {
                     let mut out = Samples::default();
-                    let r = one(&s, scheduled).await;
+                    let r = one(&target, &idle, scheduled).await;
                     out.sent += 1;
-                    if scheduled >= measure_from {
+                    if scheduled >= plan.measure_from {
                         out.add(r);
                     }
                     out
                 }));
-                next += interval;
-                tokio::time::sleep_until(next.into()).await;
             }
         }
     }
     let mut all = Samples::default();
     for t in tasks {
-        let s = t.await?;
-        all.latency_us.extend(s.latency_us);
-        all.ttfb_us.extend(s.ttfb_us);
-        all.errors += s.errors;
-        all.sent += s.sent;
+        all.merge(t.await.unwrap_or_default());
+    }
+    all
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = Arc::new(Args::parse());
+    let target = Arc::new(Target::parse(&args)?);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut threads = args.threads.unwrap_or(cores).max(1);
+    if args.rate.is_none() {
+        threads = threads.min(args.concurrency.max(1));
+    }
+    let begin = Instant::now();
+    let (warmup, duration) = match args.requests {
+        Some(_) => (0.0, 3600.0),
+        None => (args.warmup, args.duration),
+    };
+    let measure_from = begin + Duration::from_secs_f64(warmup);
+    let plan = Arc::new(Plan {
+        measure_from,
+        end: measure_from + Duration::from_secs_f64(duration),
+        budget: AtomicI64::new(args.requests.map_or(i64::MAX, |n| n as i64)),
+    });
+    // The open loop's pacer: a thread of its own, whose sleep is precise to some 50 µs
+    // (tokio's timer rounds up to the next millisecond, which would count as latency),
+    // hands each scheduled start to the threads in turn.
+    let mut pacer = Vec::new();
+    let mut schedules = Vec::new();
+    for _ in 0..threads {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        pacer.push(tx);
+        schedules.push(args.rate.map(|_| rx));
+    }
+    let pacer = args.rate.map(|rate| {
+        let (interval, end) = (Duration::from_secs_f64(1.0 / rate), plan.end);
+        std::thread::spawn(move || {
+            let mut next = Instant::now();
+            for tx in pacer.iter().cycle() {
+                if next >= end {
+                    break;
+                }
+                std::thread::sleep(next.saturating_duration_since(Instant::now()));
+                let _ = tx.send(next);
+                next += interval;
+            }
+        })
+    });
+    let handles: Vec<_> = (0..threads)
+        .zip(schedules)
+        .map(|(index, schedule)| {
+            let (args, target, plan) = (args.clone(), target.clone(), plan.clone());
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime");
+                let local = tokio::task::LocalSet::new();
+                local.block_on(
+                    &runtime,
+                    thread_main(args, target, plan, (index, threads), schedule),
+                )
+            })
+        })
+        .collect();
+    if let Some(p) = pacer {
+        p.join().map_err(|_| "the pacer panicked")?;
+    }
+    let mut all = Samples::default();
+    for h in handles {
+        all.merge(h.join().map_err(|_| "a load thread panicked")?);
     }
     let measured = (Instant::now() - measure_from).as_secs_f64();
     let requests = all.latency_us.len() as u64;
