@@ -26,8 +26,8 @@ const ERROR_KEY: &[u8] = b"\"error\"";
 static ERROR: LazyLock<Finder> = LazyLock::new(|| Finder::new(ERROR_KEY));
 
 /// What makes a stream event worth parsing: `usage`, `error` or (Anthropic) `message_stop`.
-static WANTED: LazyLock<Words> =
-    LazyLock::new(|| Words::new(&[USAGE_KEY, ERROR_KEY, b"message_stop"]));
+const WANTED_WORDS: [&[u8]; 3] = [USAGE_KEY, ERROR_KEY, b"message_stop"];
+static WANTED: LazyLock<Words> = LazyLock::new(|| Words::new(&WANTED_WORDS));
 
 /// A few words looked for at once, in one pass over an event. Teddy (SIMD, x86-64 and
 /// aarch64) where the CPU has it: for two or three words it costs about what one `memmem`
@@ -513,7 +513,7 @@ mod tests {
 
     #[test]
     fn both_word_searchers_find_the_same_events() {
-        let words: [&[u8]; 3] = [USAGE_KEY, ERROR_KEY, b"message_stop"];
+        let words = WANTED_WORDS;
         let (fast, general) = (Words::new(&words), Words::automaton(&words));
         let filler = "{\"choices\":[{\"delta\":{\"content\":\"usage error message_sto\"}}]}";
         let mut cases = vec![String::new(), "\"usage".into(), filler.to_string()];
