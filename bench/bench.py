@@ -8,6 +8,7 @@ run, interleaved. Python standard library only; every process it starts is stopp
     bench/run --streams N                                N slow streams open at once
     bench/run --pgo                                      the table, with a PGO-built glmgate as a target
     bench/run --with-hyper                               the table, with a plain hyper proxy as a target
+    bench/run --loadgen wrk                              the table's closed loop driven by Debian's wrk
     bench/instructions [--scenario S] [--target T]       instructions per request (callgrind)
     bench/bench.py --train BINARY                        a profiling run for scripts/build-pgo
     bench/bench.py --tls-check BINARY                    TLS to the upstream works (scripts/build-pgo)
@@ -300,11 +301,12 @@ class Rig:
     """The mock, nginx and glmgate (and LiteLLM if asked), started once for a run."""
 
     def __init__(self, tmp, procs, mock_args=(), glmgate_prefix=(), prefix_kind="plain", litellm=False,
-                 pgo=None, gateway_bin=GLMGATE, with_nginx=True, hyper=False):
+                 pgo=None, gateway_bin=GLMGATE, with_nginx=True, hyper=False, loadgen="glmgate-load"):
         """`pgo`: a PGO-built binary, run as one more gateway (`pgo`) configured as `plain`;
         `gateway_bin`: the binary the gateways run (the mock always runs the release build);
         `hyper`: also run `hyper-proxy` (bench/loadgen), hyper's plainest reverse proxy, as
-        `hyper` (tokio's multi-threaded runtime) and `hyper-pc` (a runtime per core)."""
+        `hyper` (tokio's multi-threaded runtime) and `hyper-pc` (a runtime per core);
+        `loadgen`: what drives the closed loop (`glmgate-load`, or `wrk`)."""
         self.tmp, self.procs = tmp, procs
         self.mock_port, self.nginx_port, self.gg_port = free_port(), free_port(), free_port()
         self.mock = procs.start([GLMGATE, "mock", "--listen", f"127.0.0.1:{self.mock_port}", *mock_args],
@@ -342,7 +344,7 @@ class Rig:
         self.key, self.gg = self.gateways["plain"][1], self.gateways["plain"][2]
         # Requests sent to the plain gateway, to check against what its metrics counted.
         self.sent_plain = 0
-        self.loadgen = "glmgate-load"
+        self.loadgen = loadgen
         self.litellm = None
         if litellm:
             # Two worker processes, as glmgate has two serving threads on this machine.
@@ -459,8 +461,8 @@ def run_table(args):
         if args.with_litellm:
             ensure_litellm()
         pgo = build_pgo() if args.pgo else None
-        rig = Rig(tmp, procs, litellm=args.with_litellm, pgo=pgo, hyper=args.with_hyper)
-        rig.loadgen = args.loadgen
+        rig = Rig(tmp, procs, litellm=args.with_litellm, pgo=pgo, hyper=args.with_hyper,
+                  loadgen=args.loadgen)
         time.sleep(1)
         idle = {"glmgate": rss_mb(rig.gg.pid), "nginx": rss_mb(rig.nginx.pid)}
         for name, (_, proc) in rig.hypers.items():

@@ -33,7 +33,7 @@ use hyper::client::conn::http1::SendRequest;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue, HOST};
 use hyper::{Method, Request, Uri};
 use hyper_util::rt::TokioIo;
-use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
 #[derive(Parser, Clone)]
 struct Args {
@@ -210,8 +210,8 @@ struct Plan {
     budget: AtomicI64,
 }
 
-/// Thread `index` of `threads`: its share of the closed-loop workers, or the open loop's
-/// requests whose scheduled starts the pacer sends it.
+/// Thread `index` of `threads`: its share of the closed-loop workers, or, given the open
+/// loop's `schedule`, the requests whose scheduled starts the pacer sends it.
 async fn thread_main(
     args: Arc<Args>,
     target: Arc<Target>,
@@ -221,7 +221,7 @@ async fn thread_main(
 ) -> Samples {
     let idle: Idle = Rc::default();
     let mut tasks = Vec::new();
-    match args.rate {
+    match schedule {
         None => {
             for _ in (index..args.concurrency).step_by(threads) {
                 let (target, plan, idle) = (target.clone(), plan.clone(), idle.clone());
@@ -242,8 +242,7 @@ async fn thread_main(
                 }));
             }
         }
-        Some(_) => {
-            let mut starts = schedule.expect("the open loop has a schedule");
+        Some(mut starts) => {
             while let Some(scheduled) = starts.recv().await {
                 let (target, plan, idle) = (target.clone(), plan.clone(), idle.clone());
                 tasks.push(tokio::task::spawn_local(async move {
@@ -265,6 +264,27 @@ async fn thread_main(
     all
 }
 
+/// The open loop's pacer: a thread of its own, whose sleep is precise to some 50 µs
+/// (tokio's timer rounds up to the next millisecond, which would count as latency), sends
+/// a start every `interval` until `end` to each of `threads` in turn.
+fn pace(
+    interval: Duration,
+    end: Instant,
+    threads: Vec<UnboundedSender<Instant>>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut next = Instant::now();
+        for thread in threads.iter().cycle() {
+            if next >= end {
+                break;
+            }
+            std::thread::sleep(next.saturating_duration_since(Instant::now()));
+            let _ = thread.send(next);
+            next += interval;
+        }
+    })
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Arc::new(Args::parse());
     let target = Arc::new(Target::parse(&args)?);
@@ -284,30 +304,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         end: measure_from + Duration::from_secs_f64(duration),
         budget: AtomicI64::new(args.requests.map_or(i64::MAX, |n| n as i64)),
     });
-    // The open loop's pacer: a thread of its own, whose sleep is precise to some 50 µs
-    // (tokio's timer rounds up to the next millisecond, which would count as latency),
-    // hands each scheduled start to the threads in turn.
-    let mut pacer = Vec::new();
-    let mut schedules = Vec::new();
-    for _ in 0..threads {
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        pacer.push(tx);
-        schedules.push(args.rate.map(|_| rx));
-    }
-    let pacer = args.rate.map(|rate| {
-        let (interval, end) = (Duration::from_secs_f64(1.0 / rate), plan.end);
-        std::thread::spawn(move || {
-            let mut next = Instant::now();
-            for tx in pacer.iter().cycle() {
-                if next >= end {
-                    break;
-                }
-                std::thread::sleep(next.saturating_duration_since(Instant::now()));
-                let _ = tx.send(next);
-                next += interval;
-            }
-        })
-    });
+    // The open loop: a pacer hands each scheduled start to the threads in turn.
+    let (pacer, schedules) = match args.rate {
+        None => (None, (0..threads).map(|_| None).collect()),
+        Some(rate) => {
+            let (starts, schedules): (Vec<_>, Vec<_>) = (0..threads)
+                .map(|_| tokio::sync::mpsc::unbounded_channel())
+                .unzip();
+            let pacer = pace(Duration::from_secs_f64(1.0 / rate), plan.end, starts);
+            (
+                Some(pacer),
+                schedules.into_iter().map(Some).collect::<Vec<_>>(),
+            )
+        }
+    };
     let handles: Vec<_> = (0..threads)
         .zip(schedules)
         .map(|(index, schedule)| {
