@@ -132,8 +132,10 @@ fn well_formed(secret: &str) -> bool {
 /// Checks client keys against the store, with a short-lived cache.
 pub struct Authenticator {
     store: Store,
-    /// Keyed by the secret: a hit costs one lookup, no SHA-256 and no allocation.
-    cache: moka::sync::Cache<Box<str>, Option<Arc<KeyRow>>>,
+    /// Keyed by the secret: a hit costs one lookup, no SHA-256 and no allocation. Hashed
+    /// with foldhash (randomly seeded per process) rather than the standard SipHash, which
+    /// cost 400 instructions a request on a 46-byte key.
+    cache: moka::sync::Cache<Box<str>, Option<Arc<KeyRow>>, foldhash::quality::RandomState>,
 }
 
 impl Authenticator {
@@ -143,7 +145,7 @@ impl Authenticator {
             cache: moka::sync::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(ttl)
-                .build(),
+                .build_with_hasher(foldhash::quality::RandomState::default()),
         }
     }
 
