@@ -11,6 +11,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
@@ -365,7 +366,52 @@ pub struct UsageWriter<'c> {
     /// The INSERTs of 1, 4, 16 and 64 rows. Kept here rather than in rusqlite's statement
     /// cache, which looks a statement up by hashing its text (about 1.5 KB for 64 rows) and
     /// clears every binding when it is handed back (1.2k instructions a row).
-    inserts: [Option<rusqlite::Statement<'c>>; 4],
+    inserts: [Option<Insert<'c>>; 4],
+}
+
+/// A prepared multi-row INSERT, and what each of its rows was last bound to in the columns
+/// that mostly repeat from one request to the next.
+///
+/// SQLite keeps a statement's bindings from one execution to the next, so a value equal to
+/// the one its parameter already holds is not bound again. Binding costs about 150
+/// instructions for a number and 600 for a text, which SQLite copies: skipping the eleven
+/// repeating columns took a row from about 10k instructions to 6.5k.
+struct Insert<'c> {
+    statement: rusqlite::Statement<'c>,
+    /// One entry per row of the statement.
+    held: Vec<Held>,
+}
+
+/// The repeating columns' values as bound in one row of an [`Insert`]; `None` where nothing
+/// is known to be bound (before the first bind, and while a bind is being tried).
+#[derive(Default)]
+struct Held {
+    key_id: Option<i64>,
+    api: Option<&'static str>,
+    model: Option<String>,
+    stream: Option<bool>,
+    status: Option<u16>,
+    outcome: Option<&'static str>,
+    cached_tokens: Option<i64>,
+    reasoning_tokens: Option<i64>,
+    estimated: Option<bool>,
+    account: Option<Option<Arc<str>>>,
+    attempts: Option<u32>,
+}
+
+/// Binds `value` to parameter `column` unless `held` says it already is bound there.
+fn bind_changed<T: PartialEq + Clone + rusqlite::ToSql>(
+    statement: &mut rusqlite::Statement<'_>,
+    column: usize,
+    value: &T,
+    held: &mut Option<T>,
+) -> rusqlite::Result<()> {
+    if held.as_ref() != Some(value) {
+        *held = None;
+        statement.raw_bind_parameter(column, value)?;
+        *held = Some(value.clone());
+    }
+    Ok(())
 }
 
 impl UsageWriter<'_> {
@@ -381,33 +427,45 @@ impl UsageWriter<'_> {
             rest = tail;
             let insert = match &mut self.inserts[size_index(size)] {
                 Some(prepared) => prepared,
-                empty => empty.insert(self.conn.prepare(&usage_insert_sql(size))?),
+                empty => empty.insert(Insert {
+                    statement: self.conn.prepare(&usage_insert_sql(size))?,
+                    held: (0..size).map(|_| Held::default()).collect(),
+                }),
             };
-            for (i, r) in rows.iter().enumerate() {
-                let mut column = i * USAGE_COLUMNS;
-                let mut bind = |value: &dyn rusqlite::ToSql| {
-                    column += 1;
-                    insert.raw_bind_parameter(column, value)
-                };
-                bind(&r.ts_ms)?;
-                bind(&r.request_id)?;
-                bind(&r.key_id)?;
-                bind(&r.api)?;
-                bind(&r.model)?;
-                bind(&r.stream)?;
-                bind(&r.status)?;
-                bind(&r.outcome.as_str())?;
-                bind(&(r.usage.input_tokens as i64))?;
-                bind(&(r.usage.output_tokens as i64))?;
-                bind(&(r.usage.cached_tokens as i64))?;
-                bind(&(r.usage.reasoning_tokens as i64))?;
-                bind(&r.estimated)?;
-                bind(&((r.latency_us / 1000) as i64))?;
-                bind(&r.ttfb_us.map(|v| (v / 1000) as i64))?;
-                bind(&r.account.as_deref())?;
-                bind(&r.attempts)?;
+            let statement = &mut insert.statement;
+            for (i, (r, held)) in rows.iter().zip(&mut insert.held).enumerate() {
+                // Parameters are numbered from 1, row after row, in the INSERT's column order.
+                let column = |c: usize| i * USAGE_COLUMNS + c;
+                statement.raw_bind_parameter(column(1), r.ts_ms)?;
+                statement.raw_bind_parameter(column(2), &r.request_id)?;
+                bind_changed(statement, column(3), &r.key_id, &mut held.key_id)?;
+                bind_changed(statement, column(4), &r.api, &mut held.api)?;
+                if held.model.as_ref() != Some(&r.model) {
+                    held.model = None;
+                    statement.raw_bind_parameter(column(5), &r.model)?;
+                    held.model = Some(r.model.clone());
+                }
+                bind_changed(statement, column(6), &r.stream, &mut held.stream)?;
+                bind_changed(statement, column(7), &r.status, &mut held.status)?;
+                bind_changed(statement, column(8), &r.outcome.as_str(), &mut held.outcome)?;
+                statement.raw_bind_parameter(column(9), r.usage.input_tokens as i64)?;
+                statement.raw_bind_parameter(column(10), r.usage.output_tokens as i64)?;
+                let cached = r.usage.cached_tokens as i64;
+                bind_changed(statement, column(11), &cached, &mut held.cached_tokens)?;
+                let reasoning = r.usage.reasoning_tokens as i64;
+                bind_changed(
+                    statement,
+                    column(12),
+                    &reasoning,
+                    &mut held.reasoning_tokens,
+                )?;
+                bind_changed(statement, column(13), &r.estimated, &mut held.estimated)?;
+                statement.raw_bind_parameter(column(14), (r.latency_us / 1000) as i64)?;
+                statement.raw_bind_parameter(column(15), r.ttfb_us.map(|v| (v / 1000) as i64))?;
+                bind_changed(statement, column(16), &r.account, &mut held.account)?;
+                bind_changed(statement, column(17), &r.attempts, &mut held.attempts)?;
             }
-            insert.raw_execute()?;
+            statement.raw_execute()?;
         }
         tx.commit()
     }
@@ -530,6 +588,67 @@ mod tests {
                 "{rows} rows"
             );
             assert_eq!(sql.matches("), (").count(), rows - 1, "{rows} rows");
+        }
+    }
+
+    /// Rows are written through the same statement rows again and again, the repeating
+    /// columns bound only when they change: what lands must still be each record's values.
+    #[tokio::test]
+    async fn repeated_values_are_stored_though_not_bound_again() {
+        use crate::accounting::Outcome;
+        let (_dir, store, key_id) = testing::store_with_key().await;
+        let db = store.usage_db().expect("usage db");
+        let mut writer = db.writer();
+        let vary = |i: usize, round: usize| {
+            let mut r = testing::usage_record(key_id, i);
+            // Each column changes in some rounds and rows and not in others, and comes back.
+            let odd = (i + round) % 2 == 1;
+            if odd {
+                r.key_id = key_id + 1;
+                r.api = "anthropic";
+                r.model = format!("model-{}", round % 3);
+                r.stream = true;
+                r.status = 429;
+                r.outcome = Outcome::UpstreamError;
+                r.usage.cached_tokens = round as u64;
+                r.usage.reasoning_tokens = 7;
+                r.estimated = true;
+                r.account = Some(format!("p/{}", round % 2).into());
+                r.attempts = 3;
+            }
+            if round == 2 && i == 0 {
+                r.account = Some("p/0".into());
+            }
+            r
+        };
+        let mut expected = Vec::new();
+        for round in 0..5 {
+            // 4 rows: one statement of 4; 5 rows: 4 and 1.
+            let n = 4 + round % 2;
+            let batch: Vec<UsageRecord> = (0..n).map(|i| vary(i, round)).collect();
+            writer.insert(&batch).expect("insert");
+            expected.extend(batch);
+        }
+        let rows = store.usage_rows().await.expect("rows");
+        assert_eq!(rows.len(), expected.len());
+        for (row, r) in rows.iter().zip(&expected) {
+            let want = serde_json::json!({
+                "request_id": r.request_id,
+                "key_id": r.key_id,
+                "api": r.api,
+                "model": r.model,
+                "stream": r.stream,
+                "status": r.status,
+                "outcome": r.outcome.as_str(),
+                "input_tokens": r.usage.input_tokens,
+                "output_tokens": r.usage.output_tokens,
+                "cached_tokens": r.usage.cached_tokens,
+                "reasoning_tokens": r.usage.reasoning_tokens,
+                "estimated": r.estimated,
+                "upstream": r.account.as_deref(),
+                "attempts": r.attempts,
+            });
+            assert_eq!(row, &want);
         }
     }
 
