@@ -375,7 +375,7 @@ pub struct UsageWriter<'c> {
 /// SQLite keeps a statement's bindings from one execution to the next, so a value equal to
 /// the one its parameter already holds is not bound again. Binding costs about 150
 /// instructions for a number and 600 for a text, which SQLite copies: skipping the eleven
-/// repeating columns took a row from about 10k instructions to 6.5k.
+/// repeating columns took a request's insert from about 10.4k instructions to 7k (callgrind).
 struct Insert<'c> {
     statement: rusqlite::Statement<'c>,
     /// One entry per row of the statement.
