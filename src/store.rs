@@ -440,11 +440,7 @@ impl UsageWriter<'_> {
                 statement.raw_bind_parameter(column(2), &r.request_id)?;
                 bind_changed(statement, column(3), &r.key_id, &mut held.key_id)?;
                 bind_changed(statement, column(4), &r.api, &mut held.api)?;
-                if held.model.as_ref() != Some(&r.model) {
-                    held.model = None;
-                    statement.raw_bind_parameter(column(5), &r.model)?;
-                    held.model = Some(r.model.clone());
-                }
+                bind_changed(statement, column(5), &r.model, &mut held.model)?;
                 bind_changed(statement, column(6), &r.stream, &mut held.stream)?;
                 bind_changed(statement, column(7), &r.status, &mut held.status)?;
                 bind_changed(statement, column(8), &r.outcome.as_str(), &mut held.outcome)?;
@@ -505,7 +501,7 @@ fn size_index(rows: usize) -> usize {
 }
 
 /// Rows in the next usage INSERT for `left` rows still to write: the largest power of four
-/// not above `left`, at most 64 (16 bound values a row).
+/// not above `left`, at most 64 (17 bound values a row).
 fn statement_rows(left: usize) -> usize {
     const MAX_ROWS: usize = 64;
     if left >= MAX_ROWS {
