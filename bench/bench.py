@@ -10,6 +10,7 @@ run, interleaved. Python standard library only; every process it starts is stopp
     bench/run --with-hyper                               the table, with a plain hyper proxy as a target
     bench/run --loadgen wrk                              the table's closed loop driven by Debian's wrk
     bench/instructions [--scenario S] [--target T]       instructions per request (callgrind)
+    bench/instructions --binary target/profiling/glmgate  the same, with symbols for callgrind_annotate
     bench/bench.py --train BINARY                        a profiling run for scripts/build-pgo
     bench/bench.py --tls-check BINARY                    TLS to the upstream works (scripts/build-pgo)
 
@@ -580,6 +581,7 @@ def render(rows, open_loop, idle, peak, args):
                        f"{fmt(rps)} | {fmt(ratio, 2) if t not in ('direct', 'nginx') else ''} | "
                        f"{fmt(med([r['cpu_us_per_req'] for r in rs]), 1)} | "
                        f"{fmt(ttfb) if stream and t != 'direct' and args.loadgen != 'wrk' else ''} |")
+    out += littles_law(rows)
     out += ["", f"Open loop, OpenAI non-stream at {args.rate} req/s for {args.duration} s (latency from the scheduled start):", "",
             "| target | p50 | p90 | p99 | max | errors |", "|---|---|---|---|---|---|"]
     for t, r in open_loop.items():
@@ -588,6 +590,41 @@ def render(rows, open_loop, idle, peak, args):
     out += ["", "Memory (MB, RSS): " + ", ".join(
         f"{t} idle {idle[t]:.1f}, peak {peak[t]:.1f}" for t in idle), ""]
     return "\n".join(out)
+
+
+def littles_law(rows):
+    """In a closed loop of c clients, mean latency is c / throughput (Little's law), so a
+    target's added mean latency over direct, relative to nginx's, follows from throughput
+    alone: (1/λt − 1/λd) / (1/λn − 1/λd). This says which throughput ratio the budget's
+    "added p50 ≤ 1.2× nginx's" asks for, and whether the measured p50 ratio is that
+    prediction (the latency distributions alike) or something else (one of them skewed)."""
+    out = []
+    for scenario, c, reps in rows:
+        if c < 16 or "nginx" not in reps:
+            continue
+        rps = {t: med([r["rps"] for r in rs]) for t, rs in reps.items()}
+        ld, ln = rps["direct"], rps["nginx"]
+        if not ld or not ln or 1 / ln <= 1 / ld:
+            continue
+        added_n = 1 / ln - 1 / ld
+        need = 1 / (1 / ld + 1.2 * added_n) / ln
+        nginx_p50 = med([r["latency_us"]["p50"] - d["latency_us"]["p50"] for r, d in zip(reps["nginx"], reps["direct"])])
+        cells = []
+        for t in ("glmgate", "pgo", "hyper-pc", "hyper"):
+            if t not in reps or not rps[t] or not nginx_p50:
+                continue
+            pred = (1 / rps[t] - 1 / ld) / added_n
+            meas = med([r["latency_us"]["p50"] - d["latency_us"]["p50"] for r, d in zip(reps[t], reps["direct"])]) / nginx_p50
+            cells.append(f"{t} {rps[t] / ln:.2f}× → {pred:.2f} / {meas:.2f}")
+        out.append(f"| {scenario} | {c} | {need:.2f}× | {'; '.join(cells)} |")
+    if not out:
+        return []
+    return ["", "Little's law (closed loop: mean latency = c / throughput): the throughput, relative to "
+            "nginx's, at which a target's added mean latency is 1.2× nginx's; then for each target its "
+            "throughput relative to nginx's → the added-latency ratio to nginx's that throughput predicts / "
+            "the added p50 ratio measured.", "",
+            "| scenario | c | throughput for 1.2× | target: throughput → predicted / measured |",
+            "|---|---|---|---|"] + out
 
 
 def build_pgo():
@@ -763,7 +800,7 @@ def run_instructions(args):
         api = SCENARIOS[args.scenario][0]
         kind = gateway_kind(args.target, api)
         rig = Rig(tmp, procs, glmgate_prefix=["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"],
-                  prefix_kind=kind)
+                  prefix_kind=kind, gateway_bin=args.binary or GLMGATE)
         url, headers, proc_pid = rig.target(args.target, api)
         body = body_file(tmp, args.scenario)
         pid = str(proc_pid)
@@ -791,6 +828,8 @@ def run_instructions(args):
     print(f"glmgate executes {per:,.0f} instructions per {what} "
           f"(callgrind, after {args.warmup_requests} warm-up requests; ({args.large} − {args.small} "
           f"requests) difference; auth, accounting and logs on).")
+    # The dumps stay for callgrind_annotate (`<out>.2` minus `<out>.1` is the steady state).
+    log(f"callgrind dumps: {out}.1 ({args.small} requests), {out}.2 ({args.large})")
 
 
 def main():
@@ -809,6 +848,8 @@ def main():
     ap.add_argument("--warmup-requests", type=int, default=300)
     ap.add_argument("--scenario", choices=list(SCENARIOS), default="openai", help="for --instructions")
     ap.add_argument("--target", choices=("glmgate", "translated", "http2"), default="glmgate", help="for --instructions")
+    ap.add_argument("--binary", help="for --instructions: the gateway binary to count (default: the release "
+                    "build); `cargo build --profile profiling` gives one with symbols")
     ap.add_argument("--pgo", action="store_true",
                     help="add glmgate built by scripts/build-pgo (profile-guided optimisation) as a target")
     ap.add_argument("--train", metavar="BINARY",
