@@ -450,6 +450,12 @@ def med(values):
     return statistics.median(values) if values else None
 
 
+def added(reps, target, key="latency_us", q="p50"):
+    """`target`'s overhead over direct: the median over repetitions of the difference
+    within each repetition (both measured moments apart)."""
+    return med([r[key][q] - d[key][q] for r, d in zip(reps[target], reps["direct"])])
+
+
 def fmt(v, digits=0):
     return "–" if v is None else f"{v:,.{digits}f}"
 
@@ -563,12 +569,11 @@ def render(rows, open_loop, idle, peak, args):
            "| scenario | c | target | p50 | p90 | p99 | +p50 | +p99 | req/s | vs nginx req/s | CPU µs/req | +TTFB p50 |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for scenario, c, reps in rows:
-        direct = reps["direct"]
         for t in reps:
             rs = reps[t]
             lat = lambda q: med([r["latency_us"][q] for r in rs])
-            over = lambda q: med([r["latency_us"][q] - d["latency_us"][q] for r, d in zip(rs, direct)])
-            ttfb = med([r["ttfb_us"]["p50"] - d["ttfb_us"]["p50"] for r, d in zip(rs, direct)])
+            over = lambda q: added(reps, t, q=q)
+            ttfb = added(reps, t, key="ttfb_us")
             rps = med([r["rps"] for r in rs])
             ratio = med([r["rps"] / n["rps"] for r, n in zip(rs, reps["nginx"]) if n["rps"]])
             errors = sum(r["errors"] for r in rs)
@@ -604,18 +609,18 @@ def littles_law(rows):
             continue
         rps = {t: med([r["rps"] for r in rs]) for t, rs in reps.items()}
         ld, ln = rps["direct"], rps["nginx"]
-        if not ld or not ln or 1 / ln <= 1 / ld:
+        if not ld or not ln or ln >= ld:
             continue
         added_n = 1 / ln - 1 / ld
         need = 1 / (1 / ld + 1.2 * added_n) / ln
-        nginx_p50 = med([r["latency_us"]["p50"] - d["latency_us"]["p50"] for r, d in zip(reps["nginx"], reps["direct"])])
+        nginx_p50 = added(reps, "nginx")
         cells = []
         for t in ("glmgate", "pgo", "hyper-pc", "hyper"):
-            if t not in reps or not rps[t] or not nginx_p50:
+            if not rps.get(t):
                 continue
             pred = (1 / rps[t] - 1 / ld) / added_n
-            meas = med([r["latency_us"]["p50"] - d["latency_us"]["p50"] for r, d in zip(reps[t], reps["direct"])]) / nginx_p50
-            cells.append(f"{t} {rps[t] / ln:.2f}× → {pred:.2f} / {meas:.2f}")
+            meas = fmt(added(reps, t) / nginx_p50, 2) if nginx_p50 else "–"
+            cells.append(f"{t} {rps[t] / ln:.2f}× → {pred:.2f} / {meas}")
         out.append(f"| {scenario} | {c} | {need:.2f}× | {'; '.join(cells)} |")
     if not out:
         return []
@@ -800,7 +805,7 @@ def run_instructions(args):
         api = SCENARIOS[args.scenario][0]
         kind = gateway_kind(args.target, api)
         rig = Rig(tmp, procs, glmgate_prefix=["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"],
-                  prefix_kind=kind, gateway_bin=args.binary or GLMGATE)
+                  prefix_kind=kind, gateway_bin=os.path.abspath(args.binary) if args.binary else GLMGATE)
         url, headers, proc_pid = rig.target(args.target, api)
         body = body_file(tmp, args.scenario)
         pid = str(proc_pid)

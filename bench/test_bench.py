@@ -58,6 +58,12 @@ class LittlesLaw(unittest.TestCase):
         [[_, _, _, cells]] = self.cells(rows)
         self.assertEqual([c.split()[0] for c in cells.split("; ")], ["glmgate", "hyper-pc"])
 
+    def test_no_measured_ratio_when_nginx_added_nothing_at_the_median(self):
+        rows = [row("openai", 64,
+                    direct=[(64000, 1000)], nginx=[(32000, 1000)], glmgate=[(32000, 1500)])]
+        [[_, _, _, cell]] = self.cells(rows)
+        self.assertEqual(cell, "glmgate 1.00× → 1.00 / –")
+
 
 if __name__ == "__main__":
     unittest.main()
