@@ -129,6 +129,31 @@ fn spawn_reloaders(state: Arc<AppState>) {
     });
 }
 
+/// How many connections the kernel queues for a listener before they are accepted. The
+/// standard library's and tokio's `bind` ask for 128: a burst larger than that (thousands
+/// of clients connecting at once, or reconnecting after a restart) loses SYNs, and each
+/// loss costs its client a second before it tries again. Linux caps the value at
+/// `net.core.somaxconn` (4096 by default).
+pub const BACKLOG: u32 = 4096;
+
+/// A listener on `addr` (`host:port`; the first address it resolves to) with a queue of
+/// [`BACKLOG`] connections.
+pub async fn bind(addr: impl tokio::net::ToSocketAddrs) -> std::io::Result<TcpListener> {
+    let addr = tokio::net::lookup_host(addr).await?.next().ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the address resolves to nothing",
+        )
+    })?;
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
+
 /// Serves on `listener` until `shutdown` resolves, then shuts down gracefully.
 ///
 /// Requests are served by `settings.workers` threads, each running its own single-threaded
@@ -398,7 +423,7 @@ impl Running {
 
 /// Binds `settings.listen` (port 0 picks a free port) and serves in the background.
 pub async fn spawn(settings: Settings) -> anyhow::Result<Running> {
-    let listener = TcpListener::bind(settings.listen).await?;
+    let listener = bind(settings.listen).await?;
     let addr = listener.local_addr()?;
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let task = tokio::spawn(serve(settings, listener, async move {
@@ -506,5 +531,28 @@ mod tests {
         for done in finished {
             let _ = done.await;
         }
+    }
+
+    /// 600 clients connect at once to a listener that accepts none of them: with the
+    /// standard library's queue of 128 all past the 129th would wait for a SYN retry that
+    /// cannot succeed; with [`BACKLOG`] every one is queued at once.
+    #[tokio::test]
+    async fn a_burst_of_connections_is_queued_not_dropped() {
+        let listener = bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let connecting: Vec<_> = (0..600)
+            .map(|_| tokio::spawn(tokio::net::TcpStream::connect(addr)))
+            .collect();
+        let mut open = Vec::new();
+        for c in connecting {
+            // Generous: a queued connection completes in microseconds; a dropped SYN is
+            // retried after 1 s, then 3 s, and never gets in while nothing is accepted.
+            let conn = tokio::time::timeout(std::time::Duration::from_secs(10), c)
+                .await
+                .expect("connected without waiting for a SYN retry that cannot succeed");
+            open.push(conn.expect("task").expect("connect"));
+        }
+        assert_eq!(open.len(), 600);
+        drop(listener);
     }
 }

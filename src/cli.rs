@@ -129,7 +129,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if settings.upstream.key_count() == 0 {
                 tracing::warn!("no upstream key configured (upstream.keys or ZAI_API_KEY); /ready reports not ready");
             }
-            let listener = tokio::net::TcpListener::bind(settings.listen).await?;
+            let listener = crate::app::bind(settings.listen).await?;
             let stop = crate::app::termination_signal();
             crate::app::serve(settings, listener, stop).await
         }
@@ -161,7 +161,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .add(spec)
                     .map_err(|e| anyhow::anyhow!("--fault: {e}"))?;
             }
-            let listener = tokio::net::TcpListener::bind(&listen).await?;
+            let listener = crate::app::bind(listen.as_str()).await?;
             tracing::info!(addr = %listener.local_addr()?, "glmgate mock listening");
             let options = crate::mock::MockOptions {
                 chunks,

@@ -174,7 +174,7 @@ pub async fn serve(listener: TcpListener, options: MockOptions) -> std::io::Resu
 
 /// Starts the mock on a free loopback port in the background; returns its address.
 pub async fn spawn(options: MockOptions) -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let listener = crate::app::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
         if let Err(e) = serve(listener, options).await {
