@@ -8,6 +8,7 @@ run, interleaved. Python standard library only; every process it starts is stopp
     bench/run --streams N                                N slow streams open at once
     bench/run --pgo                                      the table, with a PGO-built glmgate as a target
     bench/run --with-hyper                               the table, with a plain hyper proxy as a target
+    bench/run --with-raw                                 the table, with a proxy of no HTTP library as a target
     bench/run --loadgen wrk                              the table's closed loop driven by Debian's wrk
     bench/instructions [--scenario S] [--target T]       instructions per request (callgrind)
     bench/instructions --binary target/profiling/glmgate  the same, with symbols for callgrind_annotate
@@ -37,6 +38,7 @@ RELEASE = os.path.join(ROOT, "target", "release")
 GLMGATE = os.path.join(RELEASE, "glmgate")
 LOAD = os.path.join(RELEASE, "glmgate-load")
 HYPER = os.path.join(RELEASE, "hyper-proxy")
+RAW = os.path.join(RELEASE, "raw-proxy")
 WRK_SCRIPT = os.path.join(ROOT, "bench", "wrk.lua")
 RESULTS = os.path.join(ROOT, "bench", "results")
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -302,11 +304,15 @@ class Rig:
     """The mock, nginx and glmgate (and LiteLLM if asked), started once for a run."""
 
     def __init__(self, tmp, procs, mock_args=(), glmgate_prefix=(), prefix_kind="plain", litellm=False,
-                 pgo=None, gateway_bin=GLMGATE, with_nginx=True, hyper=False, loadgen="glmgate-load"):
-        """`pgo`: a PGO-built binary, run as one more gateway (`pgo`) configured as `plain`;
+                 pgo=None, gateway_bin=GLMGATE, with_nginx=True, hyper=False, raw=False,
+                 loadgen="glmgate-load"):
+        """`glmgate_prefix`: a command the process named by `prefix_kind` runs under (a
+        gateway kind, or `hyper-pc` or `raw`), e.g. valgrind;
+        `pgo`: a PGO-built binary, run as one more gateway (`pgo`) configured as `plain`;
         `gateway_bin`: the binary the gateways run (the mock always runs the release build);
         `hyper`: also run `hyper-proxy` (bench/loadgen), hyper's plainest reverse proxy, as
         `hyper` (tokio's multi-threaded runtime) and `hyper-pc` (a runtime per core);
+        `raw`: also run `raw-proxy` (bench/loadgen), a proxy with no HTTP library, as `raw`;
         `loadgen`: what drives the closed loop (`glmgate-load`, or `wrk`)."""
         self.tmp, self.procs = tmp, procs
         self.mock_port, self.nginx_port, self.gg_port = free_port(), free_port(), free_port()
@@ -318,13 +324,16 @@ class Rig:
             self.nginx = procs.start(["nginx", "-c", nginx_conf(tmp, self.nginx_port, self.mock_port), "-p", tmp],
                                      os.path.join(tmp, "nginx.log"))
             wait_port(self.nginx_port)
-        # name → (port, process): hyper-proxy on tokio's multi-threaded runtime, and with a
-        # runtime per core.
+        # name → (port, process): the reference proxies with no logic; hyper-proxy on tokio's
+        # multi-threaded runtime and with a runtime per core, raw-proxy.
         self.hypers = {}
-        for name, extra in (("hyper", []), ("hyper-pc", ["--per-core"])) if hyper else ():
+        refs = ((("hyper", [HYPER]), ("hyper-pc", [HYPER, "--per-core"])) if hyper else ()) \
+            + ((("raw", [RAW]),) if raw else ())
+        for name, cmd in refs:
             port = free_port()
-            proc = procs.start([HYPER, "--listen", f"127.0.0.1:{port}", "--upstream",
-                                f"127.0.0.1:{self.mock_port}", *extra], os.path.join(tmp, f"{name}.log"))
+            prefix = glmgate_prefix if name == prefix_kind else ()
+            proc = procs.start([*prefix, *cmd, "--listen", f"127.0.0.1:{port}", "--upstream",
+                                f"127.0.0.1:{self.mock_port}"], os.path.join(tmp, f"{name}.log"))
             wait_port(port)
             self.hypers[name] = (port, proc)
         # name → (port, client key, process)
@@ -359,7 +368,7 @@ class Rig:
 
     def target(self, name, api):
         """`translated` is glmgate in front of an upstream that speaks only the other format."""
-        if name in ("direct", "nginx", "hyper", "hyper-pc"):
+        if name in ("direct", "nginx", *self.hypers):
             port, proc = {"direct": (self.mock_port, None), "nginx": (self.nginx_port, self.nginx),
                           **self.hypers}[name]
             pid = proc.pid if proc else None
@@ -469,7 +478,7 @@ def run_table(args):
             ensure_litellm()
         pgo = build_pgo() if args.pgo else None
         rig = Rig(tmp, procs, litellm=args.with_litellm, pgo=pgo, hyper=args.with_hyper,
-                  loadgen=args.loadgen)
+                  raw=args.with_raw, loadgen=args.loadgen)
         time.sleep(1)
         idle = {"glmgate": rss_mb(rig.gg.pid), "nginx": rss_mb(rig.nginx.pid)}
         for name, (_, proc) in rig.hypers.items():
@@ -564,6 +573,10 @@ def render(rows, open_loop, idle, peak, args):
               "`hyper-pc`: the same with one single-threaded runtime, listener (SO_REUSEPORT) and client "
               "pool per core, so a request never changes thread."
               if "hyper" in idle else "")
+           + (" `raw`: `raw-proxy` (bench/loadgen), a reverse proxy with no HTTP library (heads parsed by "
+              "httparse, bodies relayed as they arrive, their framing followed by hand), laid out as "
+              "`hyper-pc`: what the same work costs without hyper."
+              if "raw" in idle else "")
            + (" `litellm`: LiteLLM proxy (" + LITELLM_PIN + ", two workers, master key, no database) "
               "on the same mock, OpenAI scenarios only." if "litellm" in idle else ""), "",
            "| scenario | c | target | p50 | p90 | p99 | +p50 | +p99 | req/s | vs nginx req/s | CPU µs/req | +TTFB p50 |",
@@ -615,7 +628,7 @@ def littles_law(rows):
         need = 1 / (1 / ld + 1.2 * added_n) / ln
         nginx_p50 = added(reps, "nginx")
         cells = []
-        for t in ("glmgate", "pgo", "hyper-pc", "hyper"):
+        for t in ("glmgate", "pgo", "hyper-pc", "hyper", "raw"):
             if not rps.get(t):
                 continue
             pred = (1 / rps[t] - 1 / ld) / added_n
@@ -769,20 +782,24 @@ def run_streams(args):
     tmp = tempfile.mkdtemp(prefix="glmgate-streams-")
     try:
         # 28 events 300 ms apart: each stream stays open about 8 s.
-        rig = Rig(tmp, procs, mock_args=["--chunk-delay-ms", "300"], hyper=args.with_hyper)
+        rig = Rig(tmp, procs, mock_args=["--chunk-delay-ms", "300"], hyper=args.with_hyper, raw=args.with_raw)
         time.sleep(1)
         results = {}
         # One after the other, each its own process: each peak (VmHWM) covers its own run only.
-        for name in ("nginx", "glmgate", "http2") + (("hyper", "hyper-pc") if args.with_hyper else ()):
+        for name in ("nginx", "glmgate", "http2", *rig.hypers):
             url, headers, pid = rig.target(name, "openai")
             idle = rss_mb(pid)
             r = load(url, headers, body_file(tmp, "openai-stream"), args.streams, 6, requests=args.streams)
             results[name] = (r, idle, rss_mb(pid, "VmHWM"))
+            # Each proxy keeps its upstream connections open once idle; stopped, it closes
+            # them, so the mock's open files do not run out for the next one (it would
+            # then stop accepting for a while, and the next one's streams would wait).
+            procs.stop(next(p for p in procs.procs if p.pid == pid))
     finally:
         procs.stop_all()
     for name, (r, idle, peak) in results.items():
         what = {"http2": "glmgate, HTTP/2 upstream", "hyper": "hyper-proxy",
-                "hyper-pc": "hyper-proxy --per-core"}.get(name, name)
+                "hyper-pc": "hyper-proxy --per-core", "raw": "raw-proxy"}.get(name, name)
         print(f"{args.streams} concurrent slow streams through {what}: {r['requests']} completed, "
               f"{r['errors']} failed; RSS idle {idle:.1f} MB, peak {peak:.1f} MB "
               f"({(peak - idle) * 1024 / args.streams:.1f} KB per stream); "
@@ -795,7 +812,7 @@ def run_instructions(args):
     `small` and `large` requests are each counted (usage written, counters dumped); the
     difference over `large − small` requests is the steady-state cost of one request.
     `--scenario` picks the request, `--target translated` the gateway whose upstream
-    speaks only the other format."""
+    speaks only the other format, `--target hyper-pc` or `raw` a reference proxy instead."""
     ensure_tools(need_valgrind=True)
     procs = Procs()
     tmp = tempfile.mkdtemp(prefix="glmgate-cg-")
@@ -803,9 +820,11 @@ def run_instructions(args):
     settle = 2.5  # > the usage flush interval (1 s): each window includes its batch write
     try:
         api = SCENARIOS[args.scenario][0]
-        kind = gateway_kind(args.target, api)
+        reference = args.target in ("hyper-pc", "raw")
+        kind = args.target if reference else gateway_kind(args.target, api)
         rig = Rig(tmp, procs, glmgate_prefix=["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"],
-                  prefix_kind=kind, gateway_bin=os.path.abspath(args.binary) if args.binary else GLMGATE)
+                  prefix_kind=kind, gateway_bin=os.path.abspath(args.binary) if args.binary else GLMGATE,
+                  hyper=args.target == "hyper-pc", raw=args.target == "raw")
         url, headers, proc_pid = rig.target(args.target, api)
         body = body_file(tmp, args.scenario)
         pid = str(proc_pid)
@@ -820,7 +839,7 @@ def run_instructions(args):
             load(url, headers, body, 1, 0, requests=n)
             time.sleep(settle)
             control(f"--dump={n} requests")
-        procs.stop(rig.gateways[kind][2], timeout=120)
+        procs.stop(rig.hypers[kind][1] if reference else rig.gateways[kind][2], timeout=120)
     finally:
         procs.stop_all()
     totals = {}
@@ -830,9 +849,10 @@ def run_instructions(args):
         log(f"{n} requests: {totals[n]:,} instructions in all")
     per = (totals[args.large] - totals[args.small]) / (args.large - args.small)
     what = f"`{args.scenario}` request" + (", translated," if args.target == "translated" else "")
-    print(f"glmgate executes {per:,.0f} instructions per {what} "
+    who = {"hyper-pc": "hyper-proxy --per-core", "raw": "raw-proxy"}.get(args.target, "glmgate")
+    print(f"{who} executes {per:,.0f} instructions per {what} "
           f"(callgrind, after {args.warmup_requests} warm-up requests; ({args.large} − {args.small} "
-          f"requests) difference; auth, accounting and logs on).")
+          f"requests) difference" + ("; auth, accounting and logs on)." if who == "glmgate" else ")."))
     # The dumps stay for callgrind_annotate (`<out>.2` minus `<out>.1` is the steady state).
     log(f"callgrind dumps: {out}.1 ({args.small} requests), {out}.2 ({args.large})")
 
@@ -852,7 +872,8 @@ def main():
     ap.add_argument("--large", type=int, default=400)
     ap.add_argument("--warmup-requests", type=int, default=300)
     ap.add_argument("--scenario", choices=list(SCENARIOS), default="openai", help="for --instructions")
-    ap.add_argument("--target", choices=("glmgate", "translated", "http2"), default="glmgate", help="for --instructions")
+    ap.add_argument("--target", choices=("glmgate", "translated", "http2", "hyper-pc", "raw"), default="glmgate",
+                    help="for --instructions (hyper-pc, raw: the reference proxies of --with-hyper, --with-raw)")
     ap.add_argument("--binary", help="for --instructions: the gateway binary to count (default: the release "
                     "build); `cargo build --profile profiling` gives one with symbols")
     ap.add_argument("--pgo", action="store_true",
@@ -863,6 +884,8 @@ def main():
                     help="check a glmgate binary's TLS to the upstream (used by scripts/build-pgo)")
     ap.add_argument("--with-hyper", action="store_true",
                     help="add hyper-proxy (bench/loadgen: hyper's plainest reverse proxy, no logic) as a target")
+    ap.add_argument("--with-raw", action="store_true",
+                    help="add raw-proxy (bench/loadgen: a reverse proxy with no HTTP library, no logic) as a target")
     ap.add_argument("--loadgen", choices=("glmgate-load", "wrk"), default="glmgate-load",
                     help="the closed loop's load generator (wrk: Debian's, as a cross-check; no TTFB)")
     ap.add_argument("--with-litellm", action="store_true",

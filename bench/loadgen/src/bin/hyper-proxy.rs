@@ -38,9 +38,8 @@ fn main() -> std::io::Result<()> {
     let upstream: &'static str = Box::leak(args.upstream.into_boxed_str());
     let addr = args.listen;
     if !args.per_core {
-        return tokio::runtime::Runtime::new()?.block_on(async move {
-            serve(tokio::net::TcpListener::bind(addr).await?, upstream).await
-        });
+        return tokio::runtime::Runtime::new()?
+            .block_on(async move { serve(listen(addr, false)?, upstream).await });
     }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let threads: Vec<_> = (0..cores)
@@ -49,16 +48,7 @@ fn main() -> std::io::Result<()> {
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()?;
-                runtime.block_on(async move {
-                    let socket = match addr {
-                        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-                        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
-                    };
-                    socket.set_reuseaddr(true)?;
-                    socket.set_reuseport(true)?;
-                    socket.bind(addr)?;
-                    serve(socket.listen(1024)?, upstream).await
-                })
+                runtime.block_on(async move { serve(listen(addr, true)?, upstream).await })
             })
         })
         .collect();
@@ -66,6 +56,19 @@ fn main() -> std::io::Result<()> {
         t.join().expect("serving thread")?;
     }
     Ok(())
+}
+
+/// A listener with glmgate's queue of 4096 connections (tokio's `bind` asks for 128, and a
+/// burst of thousands of connections would otherwise wait for SYN retries).
+fn listen(addr: SocketAddr, reuse_port: bool) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(reuse_port)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
 }
 
 async fn serve(listener: tokio::net::TcpListener, upstream: &'static str) -> std::io::Result<()> {
