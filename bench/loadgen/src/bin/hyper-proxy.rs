@@ -10,8 +10,6 @@
 //! own listener on the port (`SO_REUSEPORT`) and its own client pool, so a request and
 //! its upstream connection never change thread (glmgate's layout, without its balancing).
 
-use std::net::SocketAddr;
-
 use clap::Parser;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, HOST};
@@ -21,13 +19,13 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
+#[path = "../reference.rs"]
+mod reference;
+
 #[derive(Parser)]
 struct Args {
-    #[arg(long)]
-    listen: SocketAddr,
-    /// The upstream's address, `host:port` (plain HTTP).
-    #[arg(long)]
-    upstream: String,
+    #[command(flatten)]
+    addresses: reference::Addresses,
     /// One single-threaded runtime and listener per core.
     #[arg(long)]
     per_core: bool,
@@ -35,40 +33,13 @@ struct Args {
 
 fn main() -> std::io::Result<()> {
     let args = Args::parse();
-    let upstream: &'static str = Box::leak(args.upstream.into_boxed_str());
-    let addr = args.listen;
+    let upstream = args.addresses.upstream();
+    let addr = args.addresses.listen;
     if !args.per_core {
         return tokio::runtime::Runtime::new()?
-            .block_on(async move { serve(listen(addr, false)?, upstream).await });
+            .block_on(async move { serve(reference::listen(addr, false)?, upstream).await });
     }
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let threads: Vec<_> = (0..cores)
-        .map(|_| {
-            std::thread::spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()?;
-                runtime.block_on(async move { serve(listen(addr, true)?, upstream).await })
-            })
-        })
-        .collect();
-    for t in threads {
-        t.join().expect("serving thread")?;
-    }
-    Ok(())
-}
-
-/// A listener with glmgate's queue of 4096 connections (tokio's `bind` asks for 128, and a
-/// burst of thousands of connections would otherwise wait for SYN retries).
-fn listen(addr: SocketAddr, reuse_port: bool) -> std::io::Result<tokio::net::TcpListener> {
-    let socket = match addr {
-        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
-    };
-    socket.set_reuseaddr(true)?;
-    socket.set_reuseport(reuse_port)?;
-    socket.bind(addr)?;
-    socket.listen(4096)
+    reference::per_core(addr, move |listener| serve(listener, upstream))
 }
 
 async fn serve(listener: tokio::net::TcpListener, upstream: &'static str) -> std::io::Result<()> {

@@ -16,20 +16,19 @@
 
 use std::cell::RefCell;
 use std::io;
-use std::net::SocketAddr;
 use std::rc::Rc;
 
 use clap::Parser;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+#[path = "../reference.rs"]
+mod reference;
+
 #[derive(Parser)]
 struct Args {
-    #[arg(long)]
-    listen: SocketAddr,
-    /// The upstream's address, `host:port` (plain HTTP).
-    #[arg(long)]
-    upstream: String,
+    #[command(flatten)]
+    addresses: reference::Addresses,
 }
 
 const BUF: usize = 4096;
@@ -40,34 +39,10 @@ const MAX_HEADERS: usize = 32;
 
 fn main() -> io::Result<()> {
     let args = Args::parse();
-    let upstream: &'static str = Box::leak(args.upstream.into_boxed_str());
-    let addr = args.listen;
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let threads: Vec<_> = (0..cores)
-        .map(|_| {
-            std::thread::spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()?;
-                let local = tokio::task::LocalSet::new();
-                local.block_on(&runtime, async move {
-                    let socket = match addr {
-                        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-                        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
-                    };
-                    socket.set_reuseaddr(true)?;
-                    socket.set_reuseport(true)?;
-                    socket.bind(addr)?;
-                    // glmgate's queue (tokio's `bind` asks for 128).
-                    serve(socket.listen(4096)?, upstream).await
-                })
-            })
-        })
-        .collect();
-    for t in threads {
-        t.join().expect("serving thread")?;
-    }
-    Ok(())
+    let upstream = args.addresses.upstream();
+    reference::per_core(args.addresses.listen, move |listener| {
+        serve(listener, upstream)
+    })
 }
 
 /// Idle upstream connections of one serving thread.
