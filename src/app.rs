@@ -136,22 +136,31 @@ fn spawn_reloaders(state: Arc<AppState>) {
 /// `net.core.somaxconn` (4096 by default).
 pub const BACKLOG: u32 = 4096;
 
-/// A listener on `addr` (`host:port`; the first address it resolves to) with a queue of
-/// [`BACKLOG`] connections.
+/// A listener on `addr` (`host:port`: each address it resolves to is tried in turn, as
+/// tokio's `bind` does) with a queue of [`BACKLOG`] connections.
 pub async fn bind(addr: impl tokio::net::ToSocketAddrs) -> std::io::Result<TcpListener> {
-    let addr = tokio::net::lookup_host(addr).await?.next().ok_or_else(|| {
+    let mut last = None;
+    for addr in tokio::net::lookup_host(addr).await? {
+        let socket = match addr {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+        };
+        let listening = socket.and_then(|socket| {
+            socket.set_reuseaddr(true)?;
+            socket.bind(addr)?;
+            socket.listen(BACKLOG)
+        });
+        match listening {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
         std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
             "the address resolves to nothing",
         )
-    })?;
-    let socket = match addr {
-        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(BACKLOG)
+    }))
 }
 
 /// Serves on `listener` until `shutdown` resolves, then shuts down gracefully.

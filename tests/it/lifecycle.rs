@@ -234,3 +234,19 @@ async fn sigterm_drains_streams_and_keys_cli_works() {
         "revoking twice says there is nothing to revoke"
     );
 }
+
+#[test]
+fn a_taken_address_is_named_in_the_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr");
+    let out = bin()
+        .args(["mock", "--listen", &addr.to_string()])
+        .output()
+        .expect("run mock");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("cannot listen on {addr}: ")),
+        "stderr: {err}"
+    );
+}
