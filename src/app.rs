@@ -137,8 +137,16 @@ fn spawn_reloaders(state: Arc<AppState>) {
 pub const BACKLOG: u32 = 4096;
 
 /// A listener on `addr` (`host:port`: each address it resolves to is tried in turn, as
-/// tokio's `bind` does) with a queue of [`BACKLOG`] connections.
-pub async fn bind(addr: impl tokio::net::ToSocketAddrs) -> std::io::Result<TcpListener> {
+/// tokio's `bind` does) with a queue of [`BACKLOG`] connections. An error names `addr`.
+pub async fn bind(
+    addr: impl tokio::net::ToSocketAddrs + std::fmt::Display,
+) -> std::io::Result<TcpListener> {
+    let named =
+        |e: std::io::Error| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"));
+    listen_on_any(&addr).await.map_err(named)
+}
+
+async fn listen_on_any(addr: impl tokio::net::ToSocketAddrs) -> std::io::Result<TcpListener> {
     let mut last = None;
     for addr in tokio::net::lookup_host(addr).await? {
         let socket = match addr {

@@ -129,9 +129,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if settings.upstream.key_count() == 0 {
                 tracing::warn!("no upstream key configured (upstream.keys or ZAI_API_KEY); /ready reports not ready");
             }
-            let listener = crate::app::bind(settings.listen)
-                .await
-                .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.listen))?;
+            let listener = crate::app::bind(settings.listen).await?;
             let stop = crate::app::termination_signal();
             crate::app::serve(settings, listener, stop).await
         }
@@ -163,9 +161,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .add(spec)
                     .map_err(|e| anyhow::anyhow!("--fault: {e}"))?;
             }
-            let listener = crate::app::bind(listen.as_str())
-                .await
-                .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+            let listener = crate::app::bind(listen.as_str()).await?;
             tracing::info!(addr = %listener.local_addr()?, "glmgate mock listening");
             let options = crate::mock::MockOptions {
                 chunks,

@@ -42,9 +42,7 @@ pub async fn run(listen: &str, db: &Path, chunk_delay: Duration) -> anyhow::Resu
     let (_, secret) = crate::auth::create_key(&store, &name, None).await?;
     store.close().await;
 
-    let listener = crate::app::bind(settings.listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.listen))?;
+    let listener = crate::app::bind(settings.listen).await?;
     let base = format!("http://{}", listener.local_addr()?);
     println!(
         r#"
