@@ -39,6 +39,8 @@ GLMGATE = os.path.join(RELEASE, "glmgate")
 LOAD = os.path.join(RELEASE, "glmgate-load")
 HYPER = os.path.join(RELEASE, "hyper-proxy")
 RAW = os.path.join(RELEASE, "raw-proxy")
+# The reference proxies' names in reports, by their row names.
+REFERENCE_NAMES = {"hyper": "hyper-proxy", "hyper-pc": "hyper-proxy --per-core", "raw": "raw-proxy"}
 WRK_SCRIPT = os.path.join(ROOT, "bench", "wrk.lua")
 RESULTS = os.path.join(ROOT, "bench", "results")
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -326,7 +328,7 @@ class Rig:
             wait_port(self.nginx_port)
         # name → (port, process): the reference proxies with no logic; hyper-proxy on tokio's
         # multi-threaded runtime and with a runtime per core, raw-proxy.
-        self.hypers = {}
+        self.references = {}
         refs = ((("hyper", [HYPER]), ("hyper-pc", [HYPER, "--per-core"])) if hyper else ()) \
             + ((("raw", [RAW]),) if raw else ())
         for name, cmd in refs:
@@ -335,7 +337,7 @@ class Rig:
             proc = procs.start([*prefix, *cmd, "--listen", f"127.0.0.1:{port}", "--upstream",
                                 f"127.0.0.1:{self.mock_port}"], os.path.join(tmp, f"{name}.log"))
             wait_port(port)
-            self.hypers[name] = (port, proc)
+            self.references[name] = (port, proc)
         # name → (port, client key, process)
         self.gateways = {}
         kinds = ["plain", "failover", "openai-only", "anthropic-only", "http2"] + (["pgo"] if pgo else [])
@@ -368,9 +370,9 @@ class Rig:
 
     def target(self, name, api):
         """`translated` is glmgate in front of an upstream that speaks only the other format."""
-        if name in ("direct", "nginx", *self.hypers):
+        if name in ("direct", "nginx", *self.references):
             port, proc = {"direct": (self.mock_port, None), "nginx": (self.nginx_port, self.nginx),
-                          **self.hypers}[name]
+                          **self.references}[name]
             pid = proc.pid if proc else None
             key, gw = "bench-upstream-key", False
         elif name == "litellm":
@@ -481,7 +483,7 @@ def run_table(args):
                   raw=args.with_raw, loadgen=args.loadgen)
         time.sleep(1)
         idle = {"glmgate": rss_mb(rig.gg.pid), "nginx": rss_mb(rig.nginx.pid)}
-        for name, (_, proc) in rig.hypers.items():
+        for name, (_, proc) in rig.references.items():
             idle[name] = rss_mb(proc.pid)
         if pgo:
             idle["pgo"] = rss_mb(rig.gateways["pgo"][2].pid)
@@ -499,7 +501,7 @@ def run_table(args):
                 + (["translated"] if scenario in TRANSLATED_SCENARIOS else []) \
                 + (["http2"] if scenario in HTTP2_SCENARIOS else []) \
                 + (["pgo"] if pgo else []) \
-                + list(rig.hypers) \
+                + list(rig.references) \
                 + (["litellm"] if rig.litellm and SCENARIOS[scenario][0] == "openai" else [])
             for c in concurrencies:
                 reps = {t: [] for t in targets}
@@ -515,7 +517,7 @@ def run_table(args):
         for t in ["direct", "nginx", "glmgate"]:
             open_loop[t] = measure(rig, t, "openai", 0, args.duration, rate=args.rate)
         watched = [("glmgate", rig.gg), ("nginx", rig.nginx), ("litellm", rig.litellm)] \
-            + [(name, proc) for name, (_, proc) in rig.hypers.items()]
+            + [(name, proc) for name, (_, proc) in rig.references.items()]
         if pgo:
             watched.append(("pgo", rig.gateways["pgo"][2]))
         peak = {t: rss_mb(p.pid, "VmHWM") for t, p in watched if p}
@@ -786,7 +788,7 @@ def run_streams(args):
         time.sleep(1)
         results = {}
         # One after the other, each its own process: each peak (VmHWM) covers its own run only.
-        for name in ("nginx", "glmgate", "http2", *rig.hypers):
+        for name in ("nginx", "glmgate", "http2", *rig.references):
             url, headers, pid = rig.target(name, "openai")
             idle = rss_mb(pid)
             r = load(url, headers, body_file(tmp, "openai-stream"), args.streams, 6, requests=args.streams)
@@ -798,8 +800,7 @@ def run_streams(args):
     finally:
         procs.stop_all()
     for name, (r, idle, peak) in results.items():
-        what = {"http2": "glmgate, HTTP/2 upstream", "hyper": "hyper-proxy",
-                "hyper-pc": "hyper-proxy --per-core", "raw": "raw-proxy"}.get(name, name)
+        what = {"http2": "glmgate, HTTP/2 upstream", **REFERENCE_NAMES}.get(name, name)
         print(f"{args.streams} concurrent slow streams through {what}: {r['requests']} completed, "
               f"{r['errors']} failed; RSS idle {idle:.1f} MB, peak {peak:.1f} MB "
               f"({(peak - idle) * 1024 / args.streams:.1f} KB per stream); "
@@ -839,7 +840,7 @@ def run_instructions(args):
             load(url, headers, body, 1, 0, requests=n)
             time.sleep(settle)
             control(f"--dump={n} requests")
-        procs.stop(rig.hypers[kind][1] if reference else rig.gateways[kind][2], timeout=120)
+        procs.stop(rig.references[kind][1] if reference else rig.gateways[kind][2], timeout=120)
     finally:
         procs.stop_all()
     totals = {}
@@ -849,7 +850,7 @@ def run_instructions(args):
         log(f"{n} requests: {totals[n]:,} instructions in all")
     per = (totals[args.large] - totals[args.small]) / (args.large - args.small)
     what = f"`{args.scenario}` request" + (", translated," if args.target == "translated" else "")
-    who = {"hyper-pc": "hyper-proxy --per-core", "raw": "raw-proxy"}.get(args.target, "glmgate")
+    who = REFERENCE_NAMES.get(args.target, "glmgate")
     print(f"{who} executes {per:,.0f} instructions per {what} "
           f"(callgrind, after {args.warmup_requests} warm-up requests; ({args.large} − {args.small} "
           f"requests) difference" + ("; auth, accounting and logs on)." if who == "glmgate" else ")."))
