@@ -504,7 +504,7 @@ struct MeteredBody {
     translator: Option<Box<dyn ResponseTranslator>>,
     /// What ended the last gathering of ready chunks (the end of the body or an error),
     /// handled at the next poll, after the chunks before it were passed on.
-    held: Option<Option<Result<Bytes, hyper::Error>>>,
+    held: Option<Option<Result<Bytes, crate::upstream::client::BodyError>>>,
     /// A stream's first event goes out alone, written before the events that came with it
     /// are decoded, metered and gathered: when an upstream sends a burst, the client's
     /// first byte waits for one event, not for all of them (at c=1 in a hand-made A/B,
@@ -610,11 +610,15 @@ impl Stream for MeteredBody {
                 let chunk = gather(chunk, inner, &mut this.held, cx);
                 this.pass(chunk)
             }
-            Poll::Ready(Some(Err(e))) => this.cut(if e.is_timeout() {
-                "timed out"
-            } else {
-                "connection lost"
-            }),
+            Poll::Ready(Some(Err(e))) => this.cut(
+                if e.downcast_ref::<hyper::Error>()
+                    .is_some_and(hyper::Error::is_timeout)
+                {
+                    "timed out"
+                } else {
+                    "connection lost"
+                },
+            ),
             Poll::Ready(None) => {
                 this.inner = None;
                 this.permit = None;
@@ -737,7 +741,7 @@ mod tests {
             "data: [DONE]\n\n",
         ];
         // Everything has arrived at once: the rest is ready, then the body ends.
-        let rest: Vec<Result<Bytes, hyper::Error>> = events[1..]
+        let rest: Vec<Result<Bytes, crate::upstream::client::BodyError>> = events[1..]
             .iter()
             .map(|e| Ok(Bytes::from_static(e.as_bytes())))
             .collect();

@@ -1,12 +1,13 @@
 //! The HTTP client for upstream calls: HTTP/1.1 connections over TCP or rustls, kept alive
-//! in a small pool, with requests built from URIs parsed once at configuration time.
+//! in a small pool, with requests built from URIs parsed once at configuration time; or,
+//! with `upstream.http2`, streams of a few shared HTTP/2 connections (the `h2` crate).
 //!
-//! Each connection is driven by the task that reads its answer, not by a task of its own:
-//! when the answer's body is polled, the connection decodes what it has already read. A
-//! burst of events that arrived in one read is thus handed over in one pass and leaves in
-//! one write, where a spawned connection task hands over one chunk per wake-up. When the
-//! answer ends, the connection goes back to the pool; when the reader drops it early (the
-//! client went away), the connection closes, which cancels the upstream request.
+//! Each HTTP/1.1 connection is driven by the task that reads its answer, not by a task of
+//! its own: when the answer's body is polled, the connection decodes what it has already
+//! read. A burst of events that arrived in one read is thus handed over in one pass and
+//! leaves in one write, where a spawned connection task hands over one chunk per wake-up.
+//! When the answer ends, the connection goes back to the pool; when the reader drops it
+//! early (the client went away), the connection closes, which cancels the upstream request.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -22,11 +23,11 @@ use futures_util::{Stream, StreamExt};
 use http_body_util::Full;
 use hyper::body::Body as _;
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2, TrySendError};
+use hyper::client::conn::{http1, TrySendError};
 use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use hyper_util::rt::TokioIo;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use tower_service::Service;
 
 const USER_AGENT: &str = concat!("glmgate/", env!("CARGO_PKG_VERSION"));
@@ -77,17 +78,19 @@ impl Shared {
     fn usable(&self) -> bool {
         match self.conn.peek() {
             None => true,
-            Some(Ok(sender)) => !sender.is_closed(),
+            Some(Ok(_)) => !self.load.closed.load(Ordering::Relaxed),
             Some(Err(_)) => false,
         }
     }
 }
 
 /// Streams open on an HTTP/2 connection, and how many it may carry: the server's
-/// `SETTINGS_MAX_CONCURRENT_STREAMS`, capped at [`MAX_STREAMS_PER_CONNECTION`].
+/// `SETTINGS_MAX_CONCURRENT_STREAMS`, capped at [`MAX_STREAMS_PER_CONNECTION`]; and whether
+/// the connection has ended.
 struct Load {
     open: AtomicUsize,
     limit: AtomicUsize,
+    closed: AtomicBool,
 }
 
 impl Load {
@@ -116,7 +119,16 @@ impl Drop for Slot {
 /// a new connection is opened rather than queueing requests behind busy streams.
 const MAX_STREAMS_PER_CONNECTION: usize = 100;
 
-type Sender2 = http2::SendRequest<Full<Bytes>>;
+/// An HTTP/2 connection's request handle. The `h2` crate is used directly, not through
+/// hyper: hyper runs each request as two tasks of its own (sending the body, awaiting the
+/// answer), each sized for its largest task kind, 2.7 KB; with `h2` a stream waiting for its
+/// answer is a handle of a few words in the request's own future.
+type Sender2 = h2::client::SendRequest<Bytes>;
+
+/// Flow-control windows offered to an HTTP/2 upstream (RFC 9113 §6.9.2), as hyper's client
+/// sets them: the 64 KB default would hold a long answer back at each round trip.
+const H2_STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+const H2_CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
 
 struct Inner {
     connector: HttpsConnector<HttpConnector>,
@@ -217,14 +229,17 @@ pub struct HttpClient {
 #[derive(Debug)]
 pub enum SendError {
     Connect(String),
-    Http(hyper::Error),
+    Http(BodyError),
 }
+
+/// A protocol failure (hyper's over HTTP/1.1, h2's over HTTP/2), before or after the head.
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
 impl std::fmt::Display for SendError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             SendError::Connect(why) => f.write_str(why),
-            SendError::Http(e) => f.write_str(&with_causes(e)),
+            SendError::Http(e) => f.write_str(&with_causes(&**e)),
         }
     }
 }
@@ -339,7 +354,7 @@ impl HttpClient {
         let (sender, conn) = http1::Builder::new()
             .handshake(io)
             .await
-            .map_err(SendError::Http)?;
+            .map_err(|e| SendError::Http(e.into()))?;
         Ok(Box::new(Link { sender, conn }))
     }
 
@@ -354,37 +369,41 @@ impl HttpClient {
         req: Request<Bytes>,
     ) -> impl Future<Output = Result<Response<Driven>, SendError>> + Send + '_ {
         let key = pool_key(req.uri());
-        let req = req.map(Full::new);
         if self.inner.http2 {
             futures_util::future::Either::Left(self.send_shared(key, req))
         } else {
-            futures_util::future::Either::Right(self.send_http1(key, req))
+            futures_util::future::Either::Right(self.send_http1(key, req.map(Full::new)))
         }
     }
 
     /// [`HttpClient::send`] on an HTTP/1.1 connection of the pool, or a new one.
-    async fn send_http1(
+    ///
+    /// Not an `async fn`, for the reason given at [`HttpClient::send_shared`].
+    fn send_http1(
         &self,
         key: PoolKey,
         mut req: Request<Full<Bytes>>,
-    ) -> Result<Response<Driven>, SendError> {
+    ) -> impl Future<Output = Result<Response<Driven>, SendError>> + Send + '_ {
         let target = to_origin_form(&mut req);
-        if let Some(conn) = self.checkout(&key) {
-            match self.exchange(key.clone(), conn, req).await {
-                Ok(resp) => return Ok(resp),
-                // A kept-alive connection the upstream had closed: the request was never
-                // written, hyper hands it back, and it goes again on a new connection.
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) => req = unsent,
-                    None => return Err(SendError::Http(e.into_error())),
-                },
+        let idle = self.checkout(&key);
+        async move {
+            if let Some(conn) = idle {
+                match self.exchange(key.clone(), conn, req).await {
+                    Ok(resp) => return Ok(resp),
+                    // A kept-alive connection the upstream had closed: the request was never
+                    // written, hyper hands it back, and it goes again on a new connection.
+                    Err(mut e) => match e.take_message() {
+                        Some(unsent) => req = unsent,
+                        None => return Err(SendError::Http(e.into_error().into())),
+                    },
+                }
             }
+            // Boxed: a new connection is the uncommon path, and its future is large.
+            let link = Box::pin(self.connect(&target)).await?;
+            self.exchange(key, link, req)
+                .await
+                .map_err(|e| SendError::Http(e.into_error().into()))
         }
-        // Boxed: a new connection is the uncommon path, and its future is large.
-        let link = Box::pin(self.connect(&target)).await?;
-        self.exchange(key, link, req)
-            .await
-            .map_err(|e| SendError::Http(e.into_error()))
     }
 
     /// A stream on an HTTP/2 connection to the request's origin, opening one if none has
@@ -403,6 +422,7 @@ impl HttpClient {
                 let load = Arc::new(Load {
                     open: AtomicUsize::new(0),
                     limit: AtomicUsize::new(MAX_STREAMS_PER_CONNECTION),
+                    closed: AtomicBool::new(false),
                 });
                 list.push(Shared {
                     conn: self.connect_shared(uri.clone(), load.clone()),
@@ -425,18 +445,24 @@ impl HttpClient {
                 .call(uri)
                 .await
                 .map_err(|e| Arc::<str>::from(with_causes(&*e)))?;
-            let (sender, mut conn) = http2::Builder::new(TokioExecutor::new())
-                .handshake(io)
+            let (sender, mut conn) = h2::client::Builder::new()
+                .enable_push(false)
+                .initial_window_size(H2_STREAM_WINDOW)
+                .initial_connection_window_size(H2_CONNECTION_WINDOW)
+                .handshake::<_, Bytes>(TokioIo::new(io))
                 .await
                 .map_err(|e| Arc::<str>::from(with_causes(&e)))?;
             tokio::spawn(std::future::poll_fn(move |cx| {
                 let done = Pin::new(&mut conn).poll(cx);
                 // The server's limit arrives in its SETTINGS, read as the connection runs.
-                let allowed = conn.current_max_send_streams();
+                let allowed = conn.max_concurrent_send_streams();
                 load.limit
                     .store(allowed.min(MAX_STREAMS_PER_CONNECTION), Ordering::Relaxed);
-                if let Poll::Ready(Err(e)) = &done {
-                    tracing::debug!(error = %e, "upstream HTTP/2 connection ended with an error");
+                if let Poll::Ready(r) = &done {
+                    load.closed.store(true, Ordering::Relaxed);
+                    if let Err(e) = r {
+                        tracing::debug!(error = %e, "upstream HTTP/2 connection ended with an error");
+                    }
                 }
                 done.map(|_| ())
             }));
@@ -449,26 +475,46 @@ impl HttpClient {
 
     /// Sends a request as a stream of a shared HTTP/2 connection (whose own task drives
     /// it); dropping the answer's body resets the stream, which cancels the upstream call.
-    async fn send_shared(
+    ///
+    /// Not an `async fn`, which would keep room for the request twice while the answer is
+    /// awaited (as would any `async fn` taking it: see [`HttpClient::send`]).
+    fn send_shared(
         &self,
         key: PoolKey,
-        mut req: Request<Full<Bytes>>,
-    ) -> Result<Response<Driven>, SendError> {
-        // The origin goes in `:authority`; RFC 9113 §8.3.1 asks clients not to repeat it.
-        req.headers_mut().remove(header::HOST);
+        req: Request<Bytes>,
+    ) -> impl Future<Output = Result<Response<Driven>, SendError>> + Send + 'static {
         let (conn, slot) = self.checkout_shared(key, req.uri());
-        let mut sender = match conn.peek() {
-            Some(ready) => ready.clone(),
-            None => conn.await,
+        let (mut head, body) = req.into_parts();
+        // The origin goes in `:authority`; RFC 9113 §8.3.1 asks clients not to repeat it.
+        head.headers.remove(header::HOST);
+        head.headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        async move {
+            let sender = match conn.peek() {
+                Some(ready) => ready.clone(),
+                None => conn.await,
+            }
+            .map_err(|e| SendError::Connect(e.to_string()))?;
+            let http = |e: h2::Error| SendError::Http(e.into());
+            let answer = {
+                let mut sender = sender.ready().await.map_err(http)?;
+                let last = body.is_empty();
+                let (answer, mut stream) = sender
+                    .send_request(Request::from_parts(head, ()), last)
+                    .map_err(http)?;
+                if !last {
+                    // Queued by the connection, sent as the flow-control window allows.
+                    stream.send_data(body, true).map_err(http)?;
+                }
+                answer
+            };
+            let (parts, body) = answer.await.map_err(http)?.into_parts();
+            let driven = Driven {
+                body: Answer::H2(body),
+                upkeep: Upkeep::Stream { _slot: slot },
+            };
+            Ok(Response::from_parts(parts, driven))
         }
-        .map_err(|e| SendError::Connect(e.to_string()))?;
-        let head = sender.send_request(req).await.map_err(SendError::Http)?;
-        let (parts, body) = head.into_parts();
-        let driven = Driven {
-            body,
-            upkeep: Upkeep::Stream { _slot: slot },
-        };
-        Ok(Response::from_parts(parts, driven))
     }
 
     async fn exchange(
@@ -502,7 +548,10 @@ impl HttpClient {
                 key,
             }
         };
-        let driven = Driven { body, upkeep };
+        let driven = Driven {
+            body: Answer::H1(body),
+            upkeep,
+        };
         Ok(Response::from_parts(parts, driven))
     }
 
@@ -537,8 +586,47 @@ impl HttpClient {
 /// An answer's body that drives its connection while it is read, and returns the
 /// connection to the pool when it ends.
 pub struct Driven {
-    body: Incoming,
+    body: Answer,
     upkeep: Upkeep,
+}
+
+/// The body as the protocol delivers it.
+enum Answer {
+    H1(Incoming),
+    /// Its flow-control window is given back as each frame is read.
+    H2(h2::RecvStream),
+}
+
+impl Answer {
+    fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, BodyError>>> {
+        match self {
+            Answer::H1(body) => loop {
+                return match std::task::ready!(Pin::new(&mut *body).poll_frame(cx)) {
+                    Some(Ok(frame)) => match frame.into_data() {
+                        Ok(data) => Poll::Ready(Some(Ok(data))),
+                        Err(_trailers) => continue,
+                    },
+                    Some(Err(e)) => Poll::Ready(Some(Err(e.into()))),
+                    None => Poll::Ready(None),
+                };
+            },
+            Answer::H2(body) => {
+                let polled = std::task::ready!(body.poll_data(cx));
+                if let Some(Ok(data)) = &polled {
+                    // Fails only once the stream is closed, when it no longer matters.
+                    let _ = body.flow_control().release_capacity(data.len());
+                }
+                Poll::Ready(polled.map(|r| r.map_err(Into::into)))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Answer::H1(body) => body.is_end_stream(),
+            Answer::H2(body) => body.is_end_stream(),
+        }
+    }
 }
 
 /// What an answer's body holds of its connection while it is read.
@@ -559,14 +647,11 @@ enum Upkeep {
 impl Driven {
     /// The next data frame: from the body if it has one, else after letting the connection
     /// decode what it has already read (once per call; it wakes this task when it has more).
-    fn next_data(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, hyper::Error>>> {
+    fn next_data(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, BodyError>>> {
         let mut drove = false;
         loop {
-            match Pin::new(&mut self.body).poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                    Ok(data) => return Poll::Ready(Some(Ok(data))),
-                    Err(_trailers) => continue,
-                },
+            match self.body.poll_data(cx) {
+                Poll::Ready(Some(Ok(data))) => return Poll::Ready(Some(Ok(data))),
                 Poll::Ready(Some(Err(e))) => {
                     self.upkeep = Upkeep::Done;
                     return Poll::Ready(Some(Err(e)));
@@ -584,7 +669,7 @@ impl Driven {
                 Poll::Ready(r) => {
                     self.upkeep = Upkeep::Done;
                     if let Err(e) = r {
-                        return Poll::Ready(Some(Err(e)));
+                        return Poll::Ready(Some(Err(e.into())));
                     }
                 }
             }
@@ -609,7 +694,7 @@ impl Driven {
 }
 
 impl Stream for Driven {
-    type Item = Result<Bytes, hyper::Error>;
+    type Item = Result<Bytes, BodyError>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
@@ -678,6 +763,77 @@ mod tests {
         assert_eq!(req.uri().to_string(), "/api/v4/chat?x=1");
         assert_eq!(full.authority().map(|a| a.host()), Some("api.example.com"));
         assert!(Endpoint::new(Uri::from_static("/no/host")).is_none());
+    }
+
+    /// An answer larger than both flow-control windows offered to the server arrives whole:
+    /// the client gives the window back as it reads, or the server would stall at 5 MB.
+    #[tokio::test]
+    async fn an_http2_answer_larger_than_the_windows_arrives_whole() {
+        const SIZE: usize = 3 * H2_CONNECTION_WINDOW as usize;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.expect("accept");
+            let mut conn = h2::server::handshake(tcp).await.expect("handshake");
+            let (req, mut respond) = conn.accept().await.expect("a stream").expect("request");
+            tokio::spawn(async move { while conn.accept().await.is_some() {} });
+            let (head, mut body) = req.into_parts();
+            let mut got = Vec::new();
+            while let Some(chunk) = body.data().await {
+                let chunk = chunk.expect("request body");
+                let _ = body.flow_control().release_capacity(chunk.len());
+                got.extend_from_slice(&chunk);
+            }
+            let mut out = respond
+                .send_response(Response::new(()), false)
+                .expect("head");
+            let mut left = SIZE;
+            while left > 0 {
+                out.reserve_capacity(left.min(1 << 16));
+                let room = std::future::poll_fn(|cx| out.poll_capacity(cx))
+                    .await
+                    .expect("capacity")
+                    .expect("room");
+                let n = room.min(left);
+                left -= n;
+                out.send_data(Bytes::from(vec![b'x'; n]), left == 0)
+                    .expect("data");
+            }
+            (head, got)
+        });
+        let client = HttpClient::new(Duration::from_secs(5), true).expect("client");
+        let uri: Uri = format!("http://{addr}/api/v4/chat").parse().expect("uri");
+        let endpoint = Endpoint::new(uri).expect("endpoint");
+        let body = Bytes::from_static(b"{\"model\":\"glm-4.7\"}");
+        let resp = client
+            .send(HttpClient::request(Method::POST, &endpoint, body.clone()))
+            .await
+            .expect("answer");
+        assert_eq!(resp.status(), StatusCode::OK);
+        let mut stream = resp.into_body();
+        let mut read = 0;
+        // Bounded so that a stall fails the test rather than hanging it.
+        let all = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(chunk) = stream.next().await {
+                read += chunk.expect("chunk").len();
+            }
+        });
+        assert!(all.await.is_ok(), "stalled after {read} bytes");
+        assert_eq!(read, SIZE);
+        let (head, got) = server.await.expect("server");
+        assert_eq!(got, body);
+        assert_eq!(head.uri.path(), "/api/v4/chat");
+        assert_eq!(
+            head.uri.authority().map(|a| a.as_str()),
+            Some(&*addr.to_string())
+        );
+        assert_eq!(
+            head.headers[header::CONTENT_LENGTH],
+            body.len().to_string().as_str()
+        );
+        assert!(!head.headers.contains_key(header::HOST));
     }
 
     #[tokio::test]

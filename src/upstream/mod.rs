@@ -37,7 +37,7 @@ const DEFAULT_ANTHROPIC_VERSION: &str = "2023-06-01";
 /// Error bodies are read whole (to classify them) up to this size.
 const ERROR_BODY_LIMIT: usize = 1 << 20;
 
-pub type BodyStream = BoxStream<'static, Result<Bytes, hyper::Error>>;
+pub type BodyStream = BoxStream<'static, Result<Bytes, client::BodyError>>;
 
 /// An upstream answer whose head and first bytes have arrived: what is streamed back.
 pub struct Opened {
