@@ -155,20 +155,35 @@ impl Authenticator {
         headers: &HeaderMap,
         uri: &Uri,
     ) -> Result<Arc<KeyRow>, ApiError> {
+        self.resolve(self.look_up(headers, uri)?).await
+    }
+
+    /// The first half of [`Authenticator::authenticate`], which needs nothing from the
+    /// request once done (so the request's head can be let go before anything is awaited):
+    /// the cached key, or the secret to look up.
+    pub fn look_up(&self, headers: &HeaderMap, uri: &Uri) -> Result<Lookup, ApiError> {
         let secret = extract_key(headers, uri).ok_or(ApiError::MissingKey)?;
         if !well_formed(&secret) {
             return Err(ApiError::InvalidKey);
         }
-        let row = match self.cache.get(secret.as_ref()) {
-            Some(cached) => cached,
-            None => {
+        Ok(match self.cache.get(secret.as_ref()) {
+            Some(cached) => Lookup::Cached(cached),
+            None => Lookup::Uncached(secret.into()),
+        })
+    }
+
+    /// The second half: the store is asked on a cache miss; then the key must be live.
+    pub async fn resolve(&self, lookup: Lookup) -> Result<Arc<KeyRow>, ApiError> {
+        let row = match lookup {
+            Lookup::Cached(cached) => cached,
+            Lookup::Uncached(secret) => {
                 let found = self
                     .store
                     .find_key(&hash_key(&secret))
                     .await
                     .map_err(|e| ApiError::Internal(format!("key lookup: {e}")))?
                     .map(Arc::new);
-                self.cache.insert(secret.into(), found.clone());
+                self.cache.insert(secret, found.clone());
                 found
             }
         };
@@ -186,6 +201,13 @@ impl Authenticator {
         }
         Ok(row)
     }
+}
+
+/// What [`Authenticator::look_up`] found: a cached answer (`None`: no such key), or a
+/// well-formed secret the cache does not know.
+pub enum Lookup {
+    Cached(Option<Arc<KeyRow>>),
+    Uncached(Box<str>),
 }
 
 #[cfg(test)]

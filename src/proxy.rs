@@ -22,6 +22,7 @@ use tokio::time::Sleep;
 
 use crate::accounting::{Outcome, Recorder, UsageRecord};
 use crate::app::AppState;
+use crate::auth::Lookup;
 use crate::config::Policy;
 use crate::error::{ApiError, Dialect};
 use crate::meter::{Meter, Usage};
@@ -31,7 +32,7 @@ use crate::translate::reasoning::{self, ReasoningFilter, ReasoningMode};
 use crate::translate::{ResponseTranslator, Translation};
 use crate::upstream::classify::Class;
 use crate::upstream::pool::Permit;
-use crate::upstream::{BodyStream, Opened};
+use crate::upstream::{BodyStream, Forwarded, Opened};
 
 /// Upstream response headers passed on to the client.
 const PASSED_HEADERS: [HeaderName; 7] = [
@@ -55,27 +56,60 @@ pub fn new_request_id() -> String {
 }
 
 /// Entry point of `POST /v1/chat/completions` and `POST /v1/messages`.
-pub async fn handle(state: Arc<AppState>, dialect: Dialect, req: Request) -> Response {
+///
+/// Not an `async fn`: the request is taken apart into an [`Entry`] before anything is
+/// awaited, so the future holds that, not the request. The future lives as long as the
+/// upstream's first bytes are awaited, and with thousands of requests in that state each
+/// byte of it counts (an `async fn` would keep room for the 240-byte request throughout).
+pub fn handle(
+    state: Arc<AppState>,
+    dialect: Dialect,
+    req: Request,
+) -> impl std::future::Future<Output = Response> + Send {
     let started = Instant::now();
-    let request_id = new_request_id();
-    let mut response = match run(&state, dialect, req, &request_id, started).await {
-        Ok(response) => response,
-        Err(e) => e.render(dialect, &request_id),
-    };
-    if let Ok(v) = HeaderValue::from_str(&request_id) {
-        response.headers_mut().insert(REQUEST_ID_HEADER, v);
+    let entry = Entry::of(&state, dialect, req);
+    async move {
+        let request_id = new_request_id();
+        let mut response = match run(&state, dialect, entry, &request_id, started).await {
+            Ok(response) => response,
+            Err(e) => e.render(dialect, &request_id),
+        };
+        if let Ok(v) = HeaderValue::from_str(&request_id) {
+            response.headers_mut().insert(REQUEST_ID_HEADER, v);
+        }
+        response
     }
-    response
+}
+
+/// What the pipeline keeps of the client's request: the key's look-up, the few headers sent
+/// on, and the body. The head itself is let go at once: its values are slices of the
+/// connection's read buffer, and holding them while the answer is awaited would keep that
+/// buffer alive and make the connection allocate another (8 KB per request in flight).
+struct Entry {
+    key: Result<Lookup, ApiError>,
+    forwarded: Forwarded,
+    body: Body,
+}
+
+impl Entry {
+    fn of(state: &AppState, dialect: Dialect, req: Request) -> Entry {
+        let (parts, body) = req.into_parts();
+        Entry {
+            key: state.auth.look_up(&parts.headers, &parts.uri),
+            forwarded: Forwarded::of(dialect, &parts.headers),
+            body,
+        }
+    }
 }
 
 async fn run(
     state: &AppState,
     dialect: Dialect,
-    req: Request,
+    entry: Entry,
     request_id: &str,
     started: Instant,
 ) -> Result<Response, ApiError> {
-    let mut a = match admit(state, dialect, req).await {
+    let mut a = match admit(state, dialect, entry).await {
         Ok(a) => a,
         Err(e) => {
             if let Some(m) = &state.metrics {
@@ -136,7 +170,7 @@ async fn run(
 /// A request that passed the gateway's own checks, ready to go upstream.
 struct Admitted {
     key: Arc<crate::store::KeyRow>,
-    forwarded: crate::upstream::Forwarded,
+    forwarded: Forwarded,
     head: RequestHead,
     route: route::Route,
     pool: Arc<crate::upstream::pool::Pool>,
@@ -149,21 +183,13 @@ struct Admitted {
 
 /// Authenticates, reads and validates the body, routes it and puts it in the upstream's
 /// format. Nothing has gone upstream when this fails.
-async fn admit(state: &AppState, dialect: Dialect, req: Request) -> Result<Admitted, ApiError> {
-    // The request's head is let go at the end of this block, keeping copies of the few
-    // headers sent on: its values are slices of the connection's read buffer, and holding
-    // them while the answer is awaited would keep that buffer alive and make the connection
-    // allocate another (8 KB per request in flight). The block also lets the head's room in
-    // this future be reused while the answer is awaited.
-    let (key, forwarded, body) = {
-        let (parts, body) = req.into_parts();
-        let key = state.auth.authenticate(&parts.headers, &parts.uri).await?;
-        (
-            key,
-            crate::upstream::Forwarded::of(dialect, &parts.headers),
-            body,
-        )
-    };
+async fn admit(state: &AppState, dialect: Dialect, entry: Entry) -> Result<Admitted, ApiError> {
+    let Entry {
+        key,
+        forwarded,
+        body,
+    } = entry;
+    let key = state.auth.resolve(key?).await?;
     let body = request::read_body(body, &state.settings).await?;
     let mut head = request::parse_head(dialect, &body)?;
     let pool = state.upstream.pool();
@@ -201,7 +227,7 @@ async fn admit(state: &AppState, dialect: Dialect, req: Request) -> Result<Admit
 async fn send_with_fallbacks(
     state: &AppState,
     route: &route::Route,
-    forwarded: &crate::upstream::Forwarded,
+    forwarded: &Forwarded,
     mut body: Bytes,
     ledger: &mut Ledger,
 ) -> Result<Opened, ApiError> {

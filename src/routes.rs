@@ -46,16 +46,22 @@ impl Gateway {
         Gateway { state, router }
     }
 
-    pub async fn serve(self, req: axum::http::Request<hyper::body::Incoming>) -> Response {
+    /// Not an `async fn`, which would keep room for the request (twice) next to the
+    /// handler's future for as long as it runs.
+    pub fn serve(
+        self,
+        req: axum::http::Request<hyper::body::Incoming>,
+    ) -> impl std::future::Future<Output = Response> + Send {
+        use futures_util::future::{Either, FutureExt as _};
         match model_endpoint(req.method(), req.uri().path()) {
-            Some(dialect) => proxy::handle(self.state, dialect, req.map(Body::new)).await,
+            Some(dialect) => Either::Left(proxy::handle(self.state, dialect, req.map(Body::new))),
             None => {
                 use tower_service::Service as _;
                 let mut router = self.router;
-                match router.call(req).await {
+                Either::Right(router.call(req).map(|answer| match answer {
                     Ok(response) => response,
                     Err(never) => match never {},
-                }
+                }))
             }
         }
     }
