@@ -343,12 +343,12 @@ impl HttpClient {
         }
     }
 
-    async fn connect(&self, uri: &Uri) -> Result<Box<Link>, SendError> {
+    async fn connect(&self, uri: Uri) -> Result<Box<Link>, SendError> {
         let io = self
             .inner
             .connector
             .clone()
-            .call(uri.clone())
+            .call(uri)
             .await
             .map_err(|e| SendError::Connect(with_causes(&*e)))?;
         let (sender, conn) = http1::Builder::new()
@@ -378,32 +378,48 @@ impl HttpClient {
 
     /// [`HttpClient::send`] on an HTTP/1.1 connection of the pool, or a new one.
     ///
-    /// Not an `async fn`, for the reason given at [`HttpClient::send_shared`].
+    /// Chained from combinators rather than written as an async block: each step's future
+    /// then takes the place of the one before, where an async block would keep room for
+    /// the request, and for a future moved into an `.await`, twice (1,136 → 816 bytes).
     fn send_http1(
         &self,
         key: PoolKey,
         mut req: Request<Full<Bytes>>,
     ) -> impl Future<Output = Result<Response<Driven>, SendError>> + Send + '_ {
+        use futures_util::future::{ready, Either, FutureExt as _};
         let target = to_origin_form(&mut req);
-        let idle = self.checkout(&key);
-        async move {
-            if let Some(conn) = idle {
-                match self.exchange(key.clone(), conn, req).await {
-                    Ok(resp) => return Ok(resp),
-                    // A kept-alive connection the upstream had closed: the request was never
-                    // written, hyper hands it back, and it goes again on a new connection.
-                    Err(mut e) => match e.take_message() {
-                        Some(unsent) => req = unsent,
-                        None => return Err(SendError::Http(e.into_error().into())),
+        let failed = |e: hyper::Error| SendError::Http(e.into());
+        let reused = match self.checkout(&key) {
+            Some(conn) => {
+                Either::Left(self.exchange(key.clone(), conn, req).map(
+                    move |answer| match answer {
+                        Ok(resp) => Reused::Done(Ok(resp)),
+                        // A kept-alive connection the upstream had closed: the request was
+                        // never written, hyper hands it back, and it goes on a new connection.
+                        Err(mut e) => match e.take_message() {
+                            Some(unsent) => Reused::Unsent(unsent),
+                            None => Reused::Done(Err(failed(e.into_error()))),
+                        },
                     },
-                }
+                ))
             }
+            None => Either::Right(ready(Reused::Unsent(req))),
+        };
+        reused.then(move |reused| match reused {
+            Reused::Done(answer) => Either::Left(ready(answer)),
             // Boxed: a new connection is the uncommon path, and its future is large.
-            let link = Box::pin(self.connect(&target)).await?;
-            self.exchange(key, link, req)
-                .await
-                .map_err(|e| SendError::Http(e.into_error().into()))
-        }
+            Reused::Unsent(req) => {
+                Either::Right(Box::pin(self.connect(target)).then(move |link| {
+                    match link {
+                        Ok(link) => Either::Left(
+                            self.exchange(key, link, req)
+                                .map(move |answer| answer.map_err(|e| failed(e.into_error()))),
+                        ),
+                        Err(e) => Either::Right(ready(Err(e))),
+                    }
+                }))
+            }
+        })
     }
 
     /// A stream on an HTTP/2 connection to the request's origin, opening one if none has
@@ -517,42 +533,49 @@ impl HttpClient {
         }
     }
 
-    async fn exchange(
+    /// Sends `req` on `link` and awaits the answer's head, driving the connection meanwhile.
+    /// Not an `async fn`: the request is handed to the connection before the future is
+    /// made, so the future does not keep room for it.
+    fn exchange(
         &self,
         key: PoolKey,
         mut link: Box<Link>,
         req: Request<Full<Bytes>>,
-    ) -> Result<Response<Driven>, TrySendError<Request<Full<Bytes>>>> {
-        let mut answer = std::pin::pin!(link.sender.try_send_request(req));
-        let mut conn_done = false;
-        let head = std::future::poll_fn(|cx| {
-            if let Poll::Ready(r) = answer.as_mut().poll(cx) {
-                return Poll::Ready(r);
-            }
-            if !conn_done && link.poll_conn(cx).is_ready() {
-                // The connection ended first: the answer now reports why (and hands the
-                // request back if it was never written).
-                conn_done = true;
-                return answer.as_mut().poll(cx);
-            }
-            Poll::Pending
-        })
-        .await?;
-        let (parts, body) = head.into_parts();
-        let upkeep = if conn_done {
-            Upkeep::Done
-        } else {
-            Upkeep::Link {
-                link,
-                pool: self.clone(),
-                key,
-            }
-        };
-        let driven = Driven {
-            body: Answer::H1(body),
-            upkeep,
-        };
-        Ok(Response::from_parts(parts, driven))
+    ) -> impl Future<Output = Result<Response<Driven>, TrySendError<Request<Full<Bytes>>>>> + Send + '_
+    {
+        let answer = link.sender.try_send_request(req);
+        async move {
+            let mut answer = std::pin::pin!(answer);
+            let mut conn_done = false;
+            let head = std::future::poll_fn(|cx| {
+                if let Poll::Ready(r) = answer.as_mut().poll(cx) {
+                    return Poll::Ready(r);
+                }
+                if !conn_done && link.poll_conn(cx).is_ready() {
+                    // The connection ended first: the answer now reports why (and hands the
+                    // request back if it was never written).
+                    conn_done = true;
+                    return answer.as_mut().poll(cx);
+                }
+                Poll::Pending
+            })
+            .await?;
+            let (parts, body) = head.into_parts();
+            let upkeep = if conn_done {
+                Upkeep::Done
+            } else {
+                Upkeep::Link {
+                    link,
+                    pool: self.clone(),
+                    key,
+                }
+            };
+            let driven = Driven {
+                body: Answer::H1(body),
+                upkeep,
+            };
+            Ok(Response::from_parts(parts, driven))
+        }
     }
 
     /// Sends a request and reads its whole answer (up to 1 MiB), all within `timeout`:
@@ -581,6 +604,14 @@ impl HttpClient {
             .await
             .unwrap_or_else(|_| Err(format!("no answer within {} s", timeout.as_secs())))
     }
+}
+
+/// What a request sent on a pooled HTTP/1.1 connection came to.
+enum Reused {
+    /// An answer, or a failure to pass on.
+    Done(Result<Response<Driven>, SendError>),
+    /// The request, handed back unsent: the connection had been closed.
+    Unsent(Request<Full<Bytes>>),
 }
 
 /// An answer's body that drives its connection while it is read, and returns the
