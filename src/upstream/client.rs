@@ -503,8 +503,11 @@ impl HttpClient {
         let (mut head, body) = req.into_parts();
         // The origin goes in `:authority`; RFC 9113 §8.3.1 asks clients not to repeat it.
         head.headers.remove(header::HOST);
-        head.headers
-            .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        // As HTTP/1.1 frames it: a length for any body, and none for an empty GET or HEAD.
+        if !body.is_empty() || !matches!(head.method, Method::GET | Method::HEAD) {
+            head.headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        }
         async move {
             let sender = match conn.peek() {
                 Some(ready) => ready.clone(),
@@ -798,6 +801,7 @@ mod tests {
 
     /// An answer larger than both flow-control windows offered to the server arrives whole:
     /// the client gives the window back as it reads, or the server would stall at 5 MB.
+    /// Then a GET on the same connection goes without a length, as over HTTP/1.1.
     #[tokio::test]
     async fn an_http2_answer_larger_than_the_windows_arrives_whole() {
         const SIZE: usize = 3 * H2_CONNECTION_WINDOW as usize;
@@ -808,31 +812,40 @@ mod tests {
         let server = tokio::spawn(async move {
             let (tcp, _) = listener.accept().await.expect("accept");
             let mut conn = h2::server::handshake(tcp).await.expect("handshake");
-            let (req, mut respond) = conn.accept().await.expect("a stream").expect("request");
-            tokio::spawn(async move { while conn.accept().await.is_some() {} });
-            let (head, mut body) = req.into_parts();
-            let mut got = Vec::new();
-            while let Some(chunk) = body.data().await {
-                let chunk = chunk.expect("request body");
-                let _ = body.flow_control().release_capacity(chunk.len());
-                got.extend_from_slice(&chunk);
+            let (streams, mut incoming) = tokio::sync::mpsc::unbounded_channel();
+            tokio::spawn(async move {
+                while let Some(Ok(stream)) = conn.accept().await {
+                    let _ = streams.send(stream);
+                }
+            });
+            let mut seen = Vec::new();
+            for size in [SIZE, 2] {
+                let (req, mut respond) = incoming.recv().await.expect("a request");
+                let (head, mut body) = req.into_parts();
+                let mut got = Vec::new();
+                while let Some(chunk) = body.data().await {
+                    let chunk = chunk.expect("request body");
+                    let _ = body.flow_control().release_capacity(chunk.len());
+                    got.extend_from_slice(&chunk);
+                }
+                let mut out = respond
+                    .send_response(Response::new(()), false)
+                    .expect("head");
+                let mut left = size;
+                while left > 0 {
+                    out.reserve_capacity(left.min(1 << 16));
+                    let room = std::future::poll_fn(|cx| out.poll_capacity(cx))
+                        .await
+                        .expect("capacity")
+                        .expect("room");
+                    let n = room.min(left);
+                    left -= n;
+                    out.send_data(Bytes::from(vec![b'x'; n]), left == 0)
+                        .expect("data");
+                }
+                seen.push((head, got));
             }
-            let mut out = respond
-                .send_response(Response::new(()), false)
-                .expect("head");
-            let mut left = SIZE;
-            while left > 0 {
-                out.reserve_capacity(left.min(1 << 16));
-                let room = std::future::poll_fn(|cx| out.poll_capacity(cx))
-                    .await
-                    .expect("capacity")
-                    .expect("room");
-                let n = room.min(left);
-                left -= n;
-                out.send_data(Bytes::from(vec![b'x'; n]), left == 0)
-                    .expect("data");
-            }
-            (head, got)
+            seen
         });
         let client = HttpClient::new(Duration::from_secs(5), true).expect("client");
         let uri: Uri = format!("http://{addr}/api/v4/chat").parse().expect("uri");
@@ -853,7 +866,17 @@ mod tests {
         });
         assert!(all.await.is_ok(), "stalled after {read} bytes");
         assert_eq!(read, SIZE);
-        let (head, got) = server.await.expect("server");
+        let resp = client
+            .send(HttpClient::request(Method::GET, &endpoint, Bytes::new()))
+            .await
+            .expect("answer");
+        let mut stream = resp.into_body();
+        assert_eq!(stream.next().await.expect("a chunk").expect("data"), "xx");
+        let mut seen = server.await.expect("server");
+        let (get, _) = seen.pop().expect("the GET");
+        assert_eq!(get.method, Method::GET);
+        assert!(!get.headers.contains_key(header::CONTENT_LENGTH), "{get:?}");
+        let (head, got) = seen.pop().expect("the POST");
         assert_eq!(got, body);
         assert_eq!(head.uri.path(), "/api/v4/chat");
         assert_eq!(
