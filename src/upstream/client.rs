@@ -75,10 +75,18 @@ type Connecting = futures_util::future::Shared<
 >;
 
 impl Shared {
+    /// Whether new streams can go on this connection. One the server is shutting down
+    /// (GOAWAY) keeps running until its open streams end, which for a long answer can take
+    /// minutes, but takes no new stream: h2 says so at once, as an error from `poll_ready`
+    /// (a fresh handle has no stream pending, so it never waits).
     fn usable(&self) -> bool {
         match self.conn.peek() {
             None => true,
-            Some(Ok(_)) => !self.load.closed.load(Ordering::Relaxed),
+            Some(Ok(sender)) => {
+                let mut noop = Context::from_waker(std::task::Waker::noop());
+                !self.load.closed.load(Ordering::Relaxed)
+                    && matches!(sender.clone().poll_ready(&mut noop), Poll::Ready(Ok(())))
+            }
             Some(Err(_)) => false,
         }
     }
@@ -515,12 +523,18 @@ impl HttpClient {
             }
             .map_err(|e| SendError::Connect(e.to_string()))?;
             let http = |e: h2::Error| SendError::Http(e.into());
+            // The connection takes no new stream (the server sent GOAWAY, say): it is not
+            // offered again, and the attempt fails as a connection error, to be retried.
+            let refused = |e: h2::Error| {
+                slot.0.closed.store(true, Ordering::Relaxed);
+                http(e)
+            };
             let answer = {
-                let mut sender = sender.ready().await.map_err(http)?;
+                let mut sender = sender.ready().await.map_err(refused)?;
                 let last = body.is_empty();
                 let (answer, mut stream) = sender
                     .send_request(Request::from_parts(head, ()), last)
-                    .map_err(http)?;
+                    .map_err(refused)?;
                 if !last {
                     // Queued by the connection, sent as the flow-control window allows.
                     stream.send_data(body, true).map_err(http)?;
@@ -888,6 +902,69 @@ mod tests {
             body.len().to_string().as_str()
         );
         assert!(!head.headers.contains_key(header::HOST));
+    }
+
+    /// A server shutting its connection down (GOAWAY) while a long answer is still open on
+    /// it: the next request goes on a new connection, not on the one that refuses it.
+    #[tokio::test]
+    async fn after_a_goaway_new_requests_go_on_a_new_http2_connection() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let (streams, mut incoming) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            for n in 0.. {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let streams = streams.clone();
+                tokio::spawn(async move {
+                    let mut conn = h2::server::handshake(tcp).await.expect("handshake");
+                    while let Some(Ok(stream)) = conn.accept().await {
+                        if n == 0 {
+                            // The first connection takes one stream, then shuts down.
+                            conn.graceful_shutdown();
+                        }
+                        let _ = streams.send((n, stream));
+                    }
+                });
+            }
+        });
+        let server = tokio::spawn(async move {
+            let mut open = Vec::new();
+            let mut served_on = Vec::new();
+            while let Some((n, (_req, mut respond))) = incoming.recv().await {
+                served_on.push(n);
+                let mut out = respond
+                    .send_response(Response::new(()), false)
+                    .expect("head");
+                if n == 0 {
+                    // A long answer: its first bytes a little after the GOAWAY went out,
+                    // and then it stays open.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    out.send_data(Bytes::from_static(b"a"), false)
+                        .expect("data");
+                    open.push(out);
+                } else {
+                    out.send_data(Bytes::from_static(b"b"), true).expect("data");
+                    return served_on;
+                }
+            }
+            served_on
+        });
+        let client = HttpClient::new(Duration::from_secs(5), true).expect("client");
+        let uri: Uri = format!("http://{addr}/api/v4/chat").parse().expect("uri");
+        let endpoint = Endpoint::new(uri).expect("endpoint");
+        let request = || HttpClient::request(Method::POST, &endpoint, Bytes::from_static(b"{}"));
+        let long = client.send(request()).await.expect("the first answer");
+        let mut long = long.into_body();
+        // Read after the GOAWAY, which came before it on the same connection.
+        assert_eq!(long.next().await.expect("a chunk").expect("data"), "a");
+        let next = client.send(request()).await.expect("the second answer");
+        let mut next = next.into_body();
+        assert_eq!(next.next().await.expect("a chunk").expect("data"), "b");
+        assert_eq!(server.await.expect("server"), [0, 1]);
     }
 
     #[tokio::test]
