@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use axum::http::uri::{Authority, Scheme};
 use axum::http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use bytes::{Bytes, BytesMut};
+use futures_util::future::{ready, Either, FutureExt as _};
 use futures_util::{Stream, StreamExt};
 use http_body_util::Full;
 use hyper::body::Body as _;
@@ -27,7 +28,7 @@ use hyper::client::conn::{http1, TrySendError};
 use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use tower_service::Service;
 
 const USER_AGENT: &str = concat!("glmgate/", env!("CARGO_PKG_VERSION"));
@@ -75,17 +76,16 @@ type Connecting = futures_util::future::Shared<
 >;
 
 impl Shared {
-    /// Whether new streams can go on this connection. One the server is shutting down
-    /// (GOAWAY) keeps running until its open streams end, which for a long answer can take
-    /// minutes, but takes no new stream: h2 says so at once, as an error from `poll_ready`
-    /// (a fresh handle has no stream pending, so it never waits).
+    /// Whether new streams can go on this connection. h2 refuses them, as an error from
+    /// `poll_ready`, once the connection has ended, and as soon as the server has begun
+    /// shutting it down (GOAWAY), though it runs on until its open streams end (minutes,
+    /// for a long answer). A fresh handle has no stream pending, so it never waits.
     fn usable(&self) -> bool {
         match self.conn.peek() {
             None => true,
             Some(Ok(sender)) => {
                 let mut noop = Context::from_waker(std::task::Waker::noop());
-                !self.load.closed.load(Ordering::Relaxed)
-                    && matches!(sender.clone().poll_ready(&mut noop), Poll::Ready(Ok(())))
+                matches!(sender.clone().poll_ready(&mut noop), Poll::Ready(Ok(())))
             }
             Some(Err(_)) => false,
         }
@@ -93,12 +93,10 @@ impl Shared {
 }
 
 /// Streams open on an HTTP/2 connection, and how many it may carry: the server's
-/// `SETTINGS_MAX_CONCURRENT_STREAMS`, capped at [`MAX_STREAMS_PER_CONNECTION`]; and whether
-/// the connection has ended.
+/// `SETTINGS_MAX_CONCURRENT_STREAMS`, capped at [`MAX_STREAMS_PER_CONNECTION`].
 struct Load {
     open: AtomicUsize,
     limit: AtomicUsize,
-    closed: AtomicBool,
 }
 
 impl Load {
@@ -378,9 +376,9 @@ impl HttpClient {
     ) -> impl Future<Output = Result<Response<Driven>, SendError>> + Send + '_ {
         let key = pool_key(req.uri());
         if self.inner.http2 {
-            futures_util::future::Either::Left(self.send_shared(key, req))
+            Either::Left(self.send_shared(key, req))
         } else {
-            futures_util::future::Either::Right(self.send_http1(key, req.map(Full::new)))
+            Either::Right(self.send_http1(key, req.map(Full::new)))
         }
     }
 
@@ -394,39 +392,31 @@ impl HttpClient {
         key: PoolKey,
         mut req: Request<Full<Bytes>>,
     ) -> impl Future<Output = Result<Response<Driven>, SendError>> + Send + '_ {
-        use futures_util::future::{ready, Either, FutureExt as _};
         let target = to_origin_form(&mut req);
-        let failed = |e: hyper::Error| SendError::Http(e.into());
         let reused = match self.checkout(&key) {
-            Some(conn) => {
-                Either::Left(self.exchange(key.clone(), conn, req).map(
-                    move |answer| match answer {
-                        Ok(resp) => Reused::Done(Ok(resp)),
-                        // A kept-alive connection the upstream had closed: the request was
-                        // never written, hyper hands it back, and it goes on a new connection.
-                        Err(mut e) => match e.take_message() {
-                            Some(unsent) => Reused::Unsent(unsent),
-                            None => Reused::Done(Err(failed(e.into_error()))),
-                        },
-                    },
-                ))
-            }
+            Some(conn) => Either::Left(self.exchange(key.clone(), conn, req).map(Reused::from)),
             None => Either::Right(ready(Reused::Unsent(req))),
         };
         reused.then(move |reused| match reused {
             Reused::Done(answer) => Either::Left(ready(answer)),
-            // Boxed: a new connection is the uncommon path, and its future is large.
-            Reused::Unsent(req) => {
-                Either::Right(Box::pin(self.connect(target)).then(move |link| {
-                    match link {
-                        Ok(link) => Either::Left(
-                            self.exchange(key, link, req)
-                                .map(move |answer| answer.map_err(|e| failed(e.into_error()))),
-                        ),
-                        Err(e) => Either::Right(ready(Err(e))),
-                    }
-                }))
-            }
+            Reused::Unsent(req) => Either::Right(self.send_on_new_connection(key, target, req)),
+        })
+    }
+
+    /// Opens a connection to `target` and sends `req` on it. The connection's future is
+    /// boxed: a new connection is the uncommon path, and that future is large.
+    fn send_on_new_connection(
+        &self,
+        key: PoolKey,
+        target: Uri,
+        req: Request<Full<Bytes>>,
+    ) -> impl Future<Output = Result<Response<Driven>, SendError>> + Send + '_ {
+        Box::pin(self.connect(target)).then(move |link| match link {
+            Ok(link) => Either::Left(
+                self.exchange(key, link, req)
+                    .map(|answer| answer.map_err(|e| SendError::Http(e.into_error().into()))),
+            ),
+            Err(e) => Either::Right(ready(Err(e))),
         })
     }
 
@@ -446,7 +436,6 @@ impl HttpClient {
                 let load = Arc::new(Load {
                     open: AtomicUsize::new(0),
                     limit: AtomicUsize::new(MAX_STREAMS_PER_CONNECTION),
-                    closed: AtomicBool::new(false),
                 });
                 list.push(Shared {
                     conn: self.connect_shared(uri.clone(), load.clone()),
@@ -482,11 +471,8 @@ impl HttpClient {
                 let allowed = conn.max_concurrent_send_streams();
                 load.limit
                     .store(allowed.min(MAX_STREAMS_PER_CONNECTION), Ordering::Relaxed);
-                if let Poll::Ready(r) = &done {
-                    load.closed.store(true, Ordering::Relaxed);
-                    if let Err(e) = r {
-                        tracing::debug!(error = %e, "upstream HTTP/2 connection ended with an error");
-                    }
+                if let Poll::Ready(Err(e)) = &done {
+                    tracing::debug!(error = %e, "upstream HTTP/2 connection ended with an error");
                 }
                 done.map(|_| ())
             }));
@@ -523,18 +509,12 @@ impl HttpClient {
             }
             .map_err(|e| SendError::Connect(e.to_string()))?;
             let http = |e: h2::Error| SendError::Http(e.into());
-            // The connection takes no new stream (the server sent GOAWAY, say): it is not
-            // offered again, and the attempt fails as a connection error, to be retried.
-            let refused = |e: h2::Error| {
-                slot.0.closed.store(true, Ordering::Relaxed);
-                http(e)
-            };
             let answer = {
-                let mut sender = sender.ready().await.map_err(refused)?;
+                let mut sender = sender.ready().await.map_err(http)?;
                 let last = body.is_empty();
                 let (answer, mut stream) = sender
                     .send_request(Request::from_parts(head, ()), last)
-                    .map_err(refused)?;
+                    .map_err(http)?;
                 if !last {
                     // Queued by the connection, sent as the flow-control window allows.
                     stream.send_data(body, true).map_err(http)?;
@@ -629,6 +609,20 @@ enum Reused {
     Done(Result<Response<Driven>, SendError>),
     /// The request, handed back unsent: the connection had been closed.
     Unsent(Request<Full<Bytes>>),
+}
+
+impl From<Result<Response<Driven>, TrySendError<Request<Full<Bytes>>>>> for Reused {
+    fn from(answer: Result<Response<Driven>, TrySendError<Request<Full<Bytes>>>>) -> Reused {
+        match answer {
+            Ok(resp) => Reused::Done(Ok(resp)),
+            // A kept-alive connection the upstream had closed: the request was never
+            // written, hyper hands it back, and it goes on a new connection.
+            Err(mut e) => match e.take_message() {
+                Some(unsent) => Reused::Unsent(unsent),
+                None => Reused::Done(Err(SendError::Http(e.into_error().into()))),
+            },
+        }
+    }
 }
 
 /// An answer's body that drives its connection while it is read, and returns the
