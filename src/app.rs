@@ -373,7 +373,7 @@ async fn accept_loop(
         }
         // The gateway is shared (reference-counted), not rebuilt per connection.
         let gateway = serving.gateway.clone();
-        // A request's future is boxed: it is large (3.6 KB), and hyper keeps room for the
+        // A request's future is boxed: it is large (3.1 KB), and hyper keeps room for the
         // service's future for as long as a connection lives, streams included (5,000 open
         // streams, when it was 4.8 KB: 179 MB inline, 162 MB boxed; the box costs ~1,700
         // instructions). Its size matters: with 5,000 requests in a burst, most are waiting

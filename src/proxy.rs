@@ -31,6 +31,7 @@ use crate::route;
 use crate::translate::reasoning::{self, ReasoningFilter, ReasoningMode};
 use crate::translate::{ResponseTranslator, Translation};
 use crate::upstream::classify::Class;
+use crate::upstream::client::BodyError;
 use crate::upstream::pool::Permit;
 use crate::upstream::{BodyStream, Forwarded, Opened};
 
@@ -85,6 +86,8 @@ pub fn handle(
 /// on, and the body. The head itself is let go at once: its values are slices of the
 /// connection's read buffer, and holding them while the answer is awaited would keep that
 /// buffer alive and make the connection allocate another (8 KB per request in flight).
+/// A key refused here is kept as the error, so that `run` counts and renders it as it does
+/// every other refusal.
 struct Entry {
     key: Result<Lookup, ApiError>,
     forwarded: Forwarded,
@@ -530,7 +533,7 @@ struct MeteredBody {
     translator: Option<Box<dyn ResponseTranslator>>,
     /// What ended the last gathering of ready chunks (the end of the body or an error),
     /// handled at the next poll, after the chunks before it were passed on.
-    held: Option<Option<Result<Bytes, crate::upstream::client::BodyError>>>,
+    held: Option<Option<Result<Bytes, BodyError>>>,
     /// A stream's first event goes out alone, written before the events that came with it
     /// are decoded, metered and gathered: when an upstream sends a burst, the client's
     /// first byte waits for one event, not for all of them (at c=1 in a hand-made A/B,
@@ -636,15 +639,8 @@ impl Stream for MeteredBody {
                 let chunk = gather(chunk, inner, &mut this.held, cx);
                 this.pass(chunk)
             }
-            Poll::Ready(Some(Err(e))) => this.cut(
-                if e.downcast_ref::<hyper::Error>()
-                    .is_some_and(hyper::Error::is_timeout)
-                {
-                    "timed out"
-                } else {
-                    "connection lost"
-                },
-            ),
+            // Timeouts are this body's own (below): the upstream connections have no timer.
+            Poll::Ready(Some(Err(_))) => this.cut("connection lost"),
             Poll::Ready(None) => {
                 this.inner = None;
                 this.permit = None;
@@ -767,7 +763,7 @@ mod tests {
             "data: [DONE]\n\n",
         ];
         // Everything has arrived at once: the rest is ready, then the body ends.
-        let rest: Vec<Result<Bytes, crate::upstream::client::BodyError>> = events[1..]
+        let rest: Vec<Result<Bytes, BodyError>> = events[1..]
             .iter()
             .map(|e| Ok(Bytes::from_static(e.as_bytes())))
             .collect();
