@@ -807,16 +807,29 @@ mod tests {
         assert!(Endpoint::new(Uri::from_static("/no/host")).is_none());
     }
 
+    /// A listener on a free loopback port, and its address.
+    async fn listen() -> (tokio::net::TcpListener, std::net::SocketAddr) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address");
+        (listener, addr)
+    }
+
+    /// A client (over HTTP/2 or not) and an endpoint on `addr`.
+    fn client_of(addr: std::net::SocketAddr, http2: bool) -> (HttpClient, Endpoint) {
+        let client = HttpClient::new(Duration::from_secs(5), http2).expect("client");
+        let uri: Uri = format!("http://{addr}/api/v4/chat").parse().expect("uri");
+        (client, Endpoint::new(uri).expect("endpoint"))
+    }
+
     /// An answer larger than both flow-control windows offered to the server arrives whole:
     /// the client gives the window back as it reads, or the server would stall at 5 MB.
     /// Then a GET on the same connection goes without a length, as over HTTP/1.1.
     #[tokio::test]
     async fn an_http2_answer_larger_than_the_windows_arrives_whole() {
         const SIZE: usize = 3 * H2_CONNECTION_WINDOW as usize;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("address");
+        let (listener, addr) = listen().await;
         let server = tokio::spawn(async move {
             let (tcp, _) = listener.accept().await.expect("accept");
             let mut conn = h2::server::handshake(tcp).await.expect("handshake");
@@ -855,9 +868,7 @@ mod tests {
             }
             seen
         });
-        let client = HttpClient::new(Duration::from_secs(5), true).expect("client");
-        let uri: Uri = format!("http://{addr}/api/v4/chat").parse().expect("uri");
-        let endpoint = Endpoint::new(uri).expect("endpoint");
+        let (client, endpoint) = client_of(addr, true);
         let body = Bytes::from_static(b"{\"model\":\"glm-4.7\"}");
         let resp = client
             .send(HttpClient::request(Method::POST, &endpoint, body.clone()))
@@ -902,10 +913,7 @@ mod tests {
     /// it: the next request goes on a new connection, not on the one that refuses it.
     #[tokio::test]
     async fn after_a_goaway_new_requests_go_on_a_new_http2_connection() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("address");
+        let (listener, addr) = listen().await;
         let (streams, mut incoming) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(async move {
             for n in 0.. {
@@ -947,9 +955,7 @@ mod tests {
             }
             served_on
         });
-        let client = HttpClient::new(Duration::from_secs(5), true).expect("client");
-        let uri: Uri = format!("http://{addr}/api/v4/chat").parse().expect("uri");
-        let endpoint = Endpoint::new(uri).expect("endpoint");
+        let (client, endpoint) = client_of(addr, true);
         let request = || HttpClient::request(Method::POST, &endpoint, Bytes::from_static(b"{}"));
         let long = client.send(request()).await.expect("the first answer");
         let mut long = long.into_body();
@@ -963,10 +969,7 @@ mod tests {
 
     #[tokio::test]
     async fn what_reaches_the_upstream_is_an_origin_form_request_with_host() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("address");
+        let (listener, addr) = listen().await;
         let server = tokio::spawn(async move {
             let (mut tcp, _) = listener.accept().await.expect("accept");
             let mut got = Vec::new();
@@ -981,9 +984,7 @@ mod tests {
                 .expect("write");
             String::from_utf8(got).expect("utf-8")
         });
-        let client = HttpClient::new(Duration::from_secs(5), false).expect("client");
-        let uri: Uri = format!("http://{addr}/api/v4/chat").parse().expect("uri");
-        let endpoint = Endpoint::new(uri).expect("endpoint");
+        let (client, endpoint) = client_of(addr, false);
         let resp = client
             .send(HttpClient::request(Method::POST, &endpoint, Bytes::new()))
             .await
