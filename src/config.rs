@@ -266,8 +266,8 @@ pub struct RawUpstream {
     pub anthropic_auth: AnthropicAuth,
     pub count_tokens_upstream: bool,
     pub connect_timeout_secs: u64,
-    /// Speak HTTP/2 to the upstreams instead of HTTP/1.1.
-    pub http2: bool,
+    /// Which HTTP version to speak to the upstreams: `true`, `false` or `"auto"`.
+    pub http2: UpstreamHttp,
     pub first_byte_timeout_secs: u64,
     pub idle_timeout_secs: u64,
     pub total_timeout_secs: u64,
@@ -390,7 +390,7 @@ impl Default for RawUpstream {
             anthropic_auth: AnthropicAuth::Bearer,
             count_tokens_upstream: false,
             connect_timeout_secs: 10,
-            http2: false,
+            http2: UpstreamHttp::Auto,
             first_byte_timeout_secs: 600,
             idle_timeout_secs: 300,
             total_timeout_secs: 3600,
@@ -403,6 +403,35 @@ impl Default for RawUpstream {
             breaker: RawBreaker::default(),
             aimd: RawAimd::default(),
             classes: RawClasses::default(),
+        }
+    }
+}
+
+/// Which HTTP version glmgate speaks to the upstreams (`upstream.http2`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum UpstreamHttp {
+    /// HTTP/1.1 only (`false`).
+    Http1,
+    /// HTTP/2 only (`true`): `h2` by ALPN over TLS, prior knowledge over plain TCP.
+    Http2,
+    /// HTTP/2 with a TLS upstream that chooses `h2` by ALPN, HTTP/1.1 otherwise (`"auto"`).
+    #[default]
+    Auto,
+}
+
+impl<'de> Deserialize<'de> for UpstreamHttp {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Written {
+            Flag(bool),
+            Word(String),
+        }
+        match Written::deserialize(d) {
+            Ok(Written::Flag(true)) => Ok(UpstreamHttp::Http2),
+            Ok(Written::Flag(false)) => Ok(UpstreamHttp::Http1),
+            Ok(Written::Word(w)) if w == "auto" => Ok(UpstreamHttp::Auto),
+            _ => Err(serde::de::Error::custom("expected true, false or \"auto\"")),
         }
     }
 }
@@ -574,8 +603,9 @@ pub struct AccountSettings {
 #[derive(Clone, Debug)]
 pub struct Policy {
     pub connect_timeout: Duration,
-    /// HTTP/2 to the upstreams (applies on restart, like the connect timeout).
-    pub http2: bool,
+    /// The HTTP version spoken to the upstreams (applies on restart, like the connect
+    /// timeout).
+    pub http2: UpstreamHttp,
     pub first_byte_timeout: Duration,
     pub idle_timeout: Duration,
     pub total_timeout: Duration,
@@ -968,6 +998,33 @@ mod tests {
         );
         assert_eq!(s.listen.port(), 8080);
         assert_eq!(s.max_body_bytes, 32 * 1024 * 1024);
+    }
+
+    #[test]
+    fn the_upstream_http_version_is_true_false_or_auto() {
+        let http = |text: &str, env: &[(&str, &str)]| {
+            parse(&format!("[upstream]\n{text}"), env).map(|s| s.upstream.policy.http2)
+        };
+        assert_eq!(http("", &[]).expect("default"), UpstreamHttp::Auto);
+        assert_eq!(
+            http("http2 = true", &[]).expect("true"),
+            UpstreamHttp::Http2
+        );
+        assert_eq!(
+            http("http2 = false", &[]).expect("false"),
+            UpstreamHttp::Http1
+        );
+        assert_eq!(
+            http("http2 = \"auto\"", &[]).expect("auto"),
+            UpstreamHttp::Auto
+        );
+        assert_eq!(
+            http("", &[("GLMGATE_UPSTREAM__HTTP2", "false")]).expect("env"),
+            UpstreamHttp::Http1
+        );
+        let err = http("http2 = \"yes\"", &[]).expect_err("refused");
+        assert!(err.to_string().contains("upstream.http2"), "{err}");
+        assert!(err.to_string().contains("\"auto\""), "{err}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The HTTP client for upstream calls: HTTP/1.1 connections over TCP or rustls, kept alive
-//! in a small pool, with requests built from URIs parsed once at configuration time; or,
-//! with `upstream.http2`, streams of a few shared HTTP/2 connections (the `h2` crate).
+//! in a small pool, with requests built from URIs parsed once at configuration time; or
+//! streams of a few shared HTTP/2 connections (the `h2` crate), where the upstream chooses
+//! `h2` by ALPN (`upstream.http2 = "auto"`, the default) or always (`true`).
 //!
 //! Each HTTP/1.1 connection is driven by the task that reads its answer, not by a task of
 //! its own: when the answer's body is polled, the connection decodes what it has already
@@ -26,10 +27,12 @@ use hyper::body::Body as _;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, TrySendError};
 use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::{Connection as _, HttpConnector};
 use hyper_util::rt::TokioIo;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use tower_service::Service;
+
+use crate::config::UpstreamHttp;
 
 const USER_AGENT: &str = concat!("glmgate/", env!("CARGO_PKG_VERSION"));
 /// Idle connections older than this are closed rather than reused.
@@ -71,9 +74,18 @@ struct Shared {
 }
 
 /// A connection being opened, or opened; every request waiting for it gets the one result.
-type Connecting = futures_util::future::Shared<
-    futures_util::future::BoxFuture<'static, Result<Sender2, Arc<str>>>,
->;
+type Connecting = futures_util::future::Shared<futures_util::future::BoxFuture<'static, Opened>>;
+
+/// What opening an HTTP/2 connection came to.
+#[derive(Clone)]
+enum Opened {
+    H2(Sender2),
+    /// The TLS upstream chose HTTP/1.1 by ALPN (with `upstream.http2 = "auto"`): the
+    /// connection went to the HTTP/1.1 pool, and the requests waiting go that way.
+    Http1,
+    /// Why the connection could not be opened.
+    Failed(Arc<str>),
+}
 
 impl Shared {
     /// Whether new streams can go on this connection. h2 refuses them, as an error from
@@ -83,11 +95,11 @@ impl Shared {
     fn usable(&self) -> bool {
         match self.conn.peek() {
             None => true,
-            Some(Ok(sender)) => {
+            Some(Opened::H2(sender)) => {
                 let mut noop = Context::from_waker(std::task::Waker::noop());
                 matches!(sender.clone().poll_ready(&mut noop), Poll::Ready(Ok(())))
             }
-            Some(Err(_)) => false,
+            Some(Opened::Http1 | Opened::Failed(_)) => false,
         }
     }
 }
@@ -137,9 +149,14 @@ const H2_STREAM_WINDOW: u32 = 2 * 1024 * 1024;
 const H2_CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
 
 struct Inner {
-    connector: HttpsConnector<HttpConnector>,
-    /// HTTP/2 to every upstream (`upstream.http2`), else HTTP/1.1.
-    http2: bool,
+    /// For HTTP/1.1 connections (over TLS, no ALPN: the server's default is HTTP/1.1).
+    http1: HttpsConnector<HttpConnector>,
+    /// For HTTP/2 connections: ALPN offers `h2`, and with `Auto` `http/1.1` after it.
+    http2: HttpsConnector<HttpConnector>,
+    version: UpstreamHttp,
+    /// With `Auto`, the TLS origins (by serving thread) that chose HTTP/1.1 by ALPN: their
+    /// requests go on HTTP/1.1 connections without asking again.
+    http1_only: Mutex<Vec<PoolKey>>,
     /// HTTP/2 connections by serving thread and origin.
     shared: Mutex<Vec<(PoolKey, Vec<Shared>)>>,
     /// Idle connections by serving thread and origin. A handful of entries (threads ×
@@ -164,11 +181,11 @@ pub fn set_worker(i: usize) {
 type PoolKey = (usize, Option<Scheme>, Option<Authority>);
 
 /// The list kept for `key` (by serving thread and origin), added if there is none yet.
-fn entry<T: Default>(lists: &mut Vec<(PoolKey, T)>, key: PoolKey) -> &mut T {
-    let i = match lists.iter().position(|(k, _)| *k == key) {
+fn entry<'a, T: Default>(lists: &'a mut Vec<(PoolKey, T)>, key: &PoolKey) -> &'a mut T {
+    let i = match lists.iter().position(|(k, _)| k == key) {
         Some(i) => i,
         None => {
-            lists.push((key, T::default()));
+            lists.push((key.clone(), T::default()));
             lists.len() - 1
         }
     };
@@ -210,7 +227,13 @@ fn host_of(uri: &Uri) -> Option<HeaderValue> {
 
 /// The URI's host and port, without any `user:password@`.
 fn host(uri: &Uri) -> Option<&str> {
-    uri.authority()?.as_str().rsplit('@').next()
+    uri.authority().map(without_userinfo)
+}
+
+/// An authority's host and port, without any `user:password@`.
+fn without_userinfo(authority: &Authority) -> &str {
+    let all = authority.as_str();
+    all.rsplit('@').next().unwrap_or(all)
 }
 
 /// Puts the path and query alone in the request line (origin-form): hyper writes the URI as
@@ -276,29 +299,66 @@ pub fn describe(e: &SendError, uri: &Uri) -> String {
 }
 
 impl HttpClient {
-    /// `http2`: speak HTTP/2 to the upstreams (ALPN `h2` over TLS, prior knowledge over
-    /// plain TCP) instead of HTTP/1.1.
-    pub fn new(connect_timeout: Duration, http2: bool) -> anyhow::Result<HttpClient> {
+    /// A client speaking `version` to the upstreams, over TLS trusting the Mozilla roots.
+    pub fn new(connect_timeout: Duration, version: UpstreamHttp) -> anyhow::Result<HttpClient> {
+        use hyper_rustls::ConfigBuilderExt as _;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_webpki_roots()
+            .with_no_client_auth();
+        Ok(HttpClient::with_tls(connect_timeout, version, tls))
+    }
+
+    /// A client speaking `version` to the upstreams, over TLS as `tls` says (with no ALPN
+    /// protocols set: they are set here).
+    fn with_tls(
+        connect_timeout: Duration,
+        version: UpstreamHttp,
+        tls: rustls::ClientConfig,
+    ) -> HttpClient {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(connect_timeout));
-        let builder = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())?
-            .https_or_http();
-        let connector = if http2 {
-            builder.enable_http2().wrap_connector(http)
-        } else {
-            builder.enable_http1().wrap_connector(http)
+        let builder = || {
+            hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(tls.clone())
+                .https_or_http()
         };
-        Ok(HttpClient {
+        let http2 = match version {
+            UpstreamHttp::Auto => builder().enable_all_versions(),
+            _ => builder().enable_http2(),
+        };
+        HttpClient {
             inner: Arc::new(Inner {
-                connector,
-                http2,
+                http1: builder().enable_http1().wrap_connector(http.clone()),
+                http2: http2.wrap_connector(http),
+                version,
+                http1_only: Mutex::new(Vec::new()),
                 shared: Mutex::new(Vec::new()),
                 idle: Mutex::new(Vec::new()),
             }),
-        })
+        }
+    }
+
+    /// Whether a request to `key`'s origin goes as an HTTP/2 stream (else on an HTTP/1.1
+    /// connection of its own): always with `true`, never with `false`; with `"auto"`, to a
+    /// TLS origin unless it has chosen HTTP/1.1 before (plain TCP offers no way to ask).
+    fn goes_as_http2(&self, key: &PoolKey) -> bool {
+        match self.inner.version {
+            UpstreamHttp::Http1 => false,
+            UpstreamHttp::Http2 => true,
+            UpstreamHttp::Auto => {
+                key.1 == Some(Scheme::HTTPS)
+                    && !self
+                        .inner
+                        .http1_only
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .contains(key)
+            }
+        }
     }
 
     /// A request to `endpoint` with the gateway's user agent and the endpoint's `Host`;
@@ -332,7 +392,7 @@ impl HttpClient {
 
     fn checkin(&self, key: PoolKey, link: Box<Link>) {
         let mut idle = self.inner.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let list = entry(&mut idle, key);
+        let list = entry(&mut idle, &key);
         // The most recently used are taken first, so the oldest sit at the front: expired
         // ones are closed here rather than kept until the list is drained.
         while list
@@ -352,7 +412,7 @@ impl HttpClient {
     async fn connect(&self, uri: Uri) -> Result<Box<Link>, SendError> {
         let io = self
             .inner
-            .connector
+            .http1
             .clone()
             .call(uri)
             .await
@@ -375,8 +435,14 @@ impl HttpClient {
         req: Request<Bytes>,
     ) -> impl Future<Output = Result<Response<Driven>, SendError>> + Send + '_ {
         let key = pool_key(req.uri());
-        if self.inner.http2 {
-            Either::Left(self.send_shared(key, req))
+        if self.goes_as_http2(&key) {
+            Either::Left(self.send_shared(key, req).then(move |sent| match sent {
+                Sent::Done(answer) => Either::Left(ready(answer)),
+                // The upstream chose HTTP/1.1 (once per origin and serving thread).
+                Sent::Unsent(req) => Either::Right(Box::pin(
+                    self.send_http1(pool_key(req.uri()), req.map(Full::new)),
+                )),
+            }))
         } else {
             Either::Right(self.send_http1(key, req.map(Full::new)))
         }
@@ -394,12 +460,12 @@ impl HttpClient {
     ) -> impl Future<Output = Result<Response<Driven>, SendError>> + Send + '_ {
         let target = to_origin_form(&mut req);
         let reused = match self.checkout(&key) {
-            Some(conn) => Either::Left(self.exchange(key.clone(), conn, req).map(Reused::from)),
-            None => Either::Right(ready(Reused::Unsent(req))),
+            Some(conn) => Either::Left(self.exchange(key.clone(), conn, req).map(Sent::from)),
+            None => Either::Right(ready(Sent::Unsent(req))),
         };
         reused.then(move |reused| match reused {
-            Reused::Done(answer) => Either::Left(ready(answer)),
-            Reused::Unsent(req) => Either::Right(self.send_on_new_connection(key, target, req)),
+            Sent::Done(answer) => Either::Left(ready(answer)),
+            Sent::Unsent(req) => Either::Right(self.send_on_new_connection(key, target, req)),
         })
     }
 
@@ -424,7 +490,7 @@ impl HttpClient {
     /// room; closed connections, and those idle too long, are let go on the way.
     fn checkout_shared(&self, key: PoolKey, uri: &Uri) -> (Connecting, Slot) {
         let mut shared = self.inner.shared.lock().unwrap_or_else(|e| e.into_inner());
-        let list = entry(&mut shared, key);
+        let list = entry(&mut shared, &key);
         let now = Instant::now();
         list.retain(|c| {
             let open = c.load.open.load(Ordering::Relaxed);
@@ -438,7 +504,7 @@ impl HttpClient {
                     limit: AtomicUsize::new(MAX_STREAMS_PER_CONNECTION),
                 });
                 list.push(Shared {
-                    conn: self.connect_shared(uri.clone(), load.clone()),
+                    conn: self.connect_shared(key, uri.clone(), load.clone()),
                     load,
                     used: now,
                 });
@@ -450,21 +516,34 @@ impl HttpClient {
     }
 
     /// Opens an HTTP/2 connection to `uri` when first awaited; its driving task runs on
-    /// the serving thread that awaited it, and keeps `load`'s limit to the server's.
-    fn connect_shared(&self, uri: Uri, load: Arc<Load>) -> Connecting {
-        let mut connector = self.inner.connector.clone();
+    /// the serving thread that awaited it, and keeps `load`'s limit to the server's. With
+    /// `"auto"`, a TLS server that chooses HTTP/1.1 gets an HTTP/1.1 connection instead,
+    /// put in the pool under `key` for the first request that falls back.
+    fn connect_shared(&self, key: PoolKey, uri: Uri, load: Arc<Load>) -> Connecting {
+        let mut connector = self.inner.http2.clone();
+        let fall_back = self.inner.version == UpstreamHttp::Auto;
+        // Not a strong reference: the pool holds this future until it has run.
+        let client = Arc::downgrade(&self.inner);
         let connect = async move {
-            let io = connector
-                .call(uri)
-                .await
-                .map_err(|e| Arc::<str>::from(with_causes(&*e)))?;
+            let failed = |e: &(dyn std::error::Error + 'static)| Arc::<str>::from(with_causes(e));
+            let io = connector.call(uri).await.map_err(|e| failed(&*e))?;
+            if fall_back && !io.connected().is_negotiated_h2() {
+                let (sender, conn) = http1::Builder::new()
+                    .handshake(io)
+                    .await
+                    .map_err(|e| failed(&e))?;
+                if let Some(inner) = client.upgrade() {
+                    HttpClient { inner }.speak_http1_to(key, Box::new(Link { sender, conn }));
+                }
+                return Ok(Opened::Http1);
+            }
             let (sender, mut conn) = h2::client::Builder::new()
                 .enable_push(false)
                 .initial_window_size(H2_STREAM_WINDOW)
                 .initial_connection_window_size(H2_CONNECTION_WINDOW)
                 .handshake::<_, Bytes>(TokioIo::new(io))
                 .await
-                .map_err(|e| Arc::<str>::from(with_causes(&e)))?;
+                .map_err(|e| failed(&e))?;
             tokio::spawn(std::future::poll_fn(move |cx| {
                 let done = Pin::new(&mut conn).poll(cx);
                 // The server's limit arrives in its SETTINGS, read as the connection runs.
@@ -476,15 +555,40 @@ impl HttpClient {
                 }
                 done.map(|_| ())
             }));
-            Ok(sender)
-        };
+            Ok(Opened::H2(sender))
+        }
+        .map(|opened: Result<Opened, Arc<str>>| opened.unwrap_or_else(Opened::Failed));
         futures_util::FutureExt::shared(
             Box::pin(connect) as futures_util::future::BoxFuture<'static, _>
         )
     }
 
+    /// Records that `key`'s origin chose HTTP/1.1, and pools `link`, its first connection.
+    fn speak_http1_to(&self, key: PoolKey, mut link: Box<Link>) {
+        {
+            let mut http1_only = self
+                .inner
+                .http1_only
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if !http1_only.contains(&key) {
+                http1_only.push(key.clone());
+            }
+        }
+        tracing::info!(
+            upstream = key.2.as_ref().map_or("upstream", without_userinfo),
+            "the upstream chose HTTP/1.1 by ALPN; its requests go over HTTP/1.1"
+        );
+        // Polled once, a new connection is ready for a request, which the pool asks of it.
+        let mut noop = Context::from_waker(std::task::Waker::noop());
+        if link.poll_conn(&mut noop).is_pending() {
+            self.checkin(key, link);
+        }
+    }
+
     /// Sends a request as a stream of a shared HTTP/2 connection (whose own task drives
     /// it); dropping the answer's body resets the stream, which cancels the upstream call.
+    /// The request comes back unsent if the upstream chose HTTP/1.1 (with `"auto"`).
     ///
     /// Not an `async fn`, which would keep room for the request twice while the answer is
     /// awaited (as would any `async fn` taking it: see [`HttpClient::send`]).
@@ -492,42 +596,19 @@ impl HttpClient {
         &self,
         key: PoolKey,
         req: Request<Bytes>,
-    ) -> impl Future<Output = Result<Response<Driven>, SendError>> + Send + 'static {
+    ) -> impl Future<Output = Sent<Bytes>> + Send + 'static {
         let (conn, slot) = self.checkout_shared(key, req.uri());
-        let (mut head, body) = req.into_parts();
-        // The origin goes in `:authority`; RFC 9113 §8.3.1 asks clients not to repeat it.
-        head.headers.remove(header::HOST);
-        // As HTTP/1.1 frames it: a length for any body, and none for an empty GET or HEAD.
-        if !body.is_empty() || !matches!(head.method, Method::GET | Method::HEAD) {
-            head.headers
-                .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-        }
-        async move {
-            let sender = match conn.peek() {
-                Some(ready) => ready.clone(),
-                None => conn.await,
+        let opened = match conn.peek() {
+            Some(opened) => Either::Left(ready(opened.clone())),
+            None => Either::Right(conn),
+        };
+        opened.then(move |opened| match opened {
+            Opened::H2(sender) => Either::Left(send_stream(sender, slot, req).map(Sent::Done)),
+            Opened::Http1 => Either::Right(ready(Sent::Unsent(req))),
+            Opened::Failed(why) => {
+                Either::Right(ready(Sent::Done(Err(SendError::Connect(why.to_string())))))
             }
-            .map_err(|e| SendError::Connect(e.to_string()))?;
-            let http = |e: h2::Error| SendError::Http(e.into());
-            let answer = {
-                let mut sender = sender.ready().await.map_err(http)?;
-                let last = body.is_empty();
-                let (answer, mut stream) = sender
-                    .send_request(Request::from_parts(head, ()), last)
-                    .map_err(http)?;
-                if !last {
-                    // Queued by the connection, sent as the flow-control window allows.
-                    stream.send_data(body, true).map_err(http)?;
-                }
-                answer
-            };
-            let (parts, body) = answer.await.map_err(http)?.into_parts();
-            let driven = Driven {
-                body: Answer::H2(body),
-                upkeep: Upkeep::Stream { _slot: slot },
-            };
-            Ok(Response::from_parts(parts, driven))
-        }
+        })
     }
 
     /// Sends `req` on `link` and awaits the answer's head, driving the connection meanwhile.
@@ -603,25 +684,64 @@ impl HttpClient {
     }
 }
 
-/// What a request sent on a pooled HTTP/1.1 connection came to.
-enum Reused {
+/// What a request came to on a connection that may turn out not to take it.
+enum Sent<B> {
     /// An answer, or a failure to pass on.
     Done(Result<Response<Driven>, SendError>),
-    /// The request, handed back unsent: the connection had been closed.
-    Unsent(Request<Full<Bytes>>),
+    /// The request, handed back unsent: a pooled HTTP/1.1 connection had been closed, or
+    /// the upstream chose HTTP/1.1 over HTTP/2.
+    Unsent(Request<B>),
 }
 
-impl From<Result<Response<Driven>, TrySendError<Request<Full<Bytes>>>>> for Reused {
-    fn from(answer: Result<Response<Driven>, TrySendError<Request<Full<Bytes>>>>) -> Reused {
+impl From<Result<Response<Driven>, TrySendError<Request<Full<Bytes>>>>> for Sent<Full<Bytes>> {
+    fn from(answer: Result<Response<Driven>, TrySendError<Request<Full<Bytes>>>>) -> Self {
         match answer {
-            Ok(resp) => Reused::Done(Ok(resp)),
+            Ok(resp) => Sent::Done(Ok(resp)),
             // A kept-alive connection the upstream had closed: the request was never
             // written, hyper hands it back, and it goes on a new connection.
             Err(mut e) => match e.take_message() {
-                Some(unsent) => Reused::Unsent(unsent),
-                None => Reused::Done(Err(SendError::Http(e.into_error().into()))),
+                Some(unsent) => Sent::Unsent(unsent),
+                None => Sent::Done(Err(SendError::Http(e.into_error().into()))),
             },
         }
+    }
+}
+
+/// Sends `req` as a stream on `sender`'s HTTP/2 connection and awaits the answer's head;
+/// `slot` is the stream's place, kept with the answer's body.
+fn send_stream(
+    sender: Sender2,
+    slot: Slot,
+    req: Request<Bytes>,
+) -> impl Future<Output = Result<Response<Driven>, SendError>> + Send + 'static {
+    let (mut head, body) = req.into_parts();
+    // The origin goes in `:authority`; RFC 9113 §8.3.1 asks clients not to repeat it.
+    head.headers.remove(header::HOST);
+    // As HTTP/1.1 frames it: a length for any body, and none for an empty GET or HEAD.
+    if !body.is_empty() || !matches!(head.method, Method::GET | Method::HEAD) {
+        head.headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    }
+    async move {
+        let http = |e: h2::Error| SendError::Http(e.into());
+        let answer = {
+            let mut sender = sender.ready().await.map_err(http)?;
+            let last = body.is_empty();
+            let (answer, mut stream) = sender
+                .send_request(Request::from_parts(head, ()), last)
+                .map_err(http)?;
+            if !last {
+                // Queued by the connection, sent as the flow-control window allows.
+                stream.send_data(body, true).map_err(http)?;
+            }
+            answer
+        };
+        let (parts, body) = answer.await.map_err(http)?.into_parts();
+        let driven = Driven {
+            body: Answer::H2(body),
+            upkeep: Upkeep::Stream { _slot: slot },
+        };
+        Ok(Response::from_parts(parts, driven))
     }
 }
 
@@ -816,11 +936,193 @@ mod tests {
         (listener, addr)
     }
 
-    /// A client (over HTTP/2 or not) and an endpoint on `addr`.
-    fn client_of(addr: std::net::SocketAddr, http2: bool) -> (HttpClient, Endpoint) {
-        let client = HttpClient::new(Duration::from_secs(5), http2).expect("client");
+    /// A client speaking `version` and a plain-HTTP endpoint on `addr`.
+    fn client_of(addr: std::net::SocketAddr, version: UpstreamHttp) -> (HttpClient, Endpoint) {
+        let client = HttpClient::new(Duration::from_secs(5), version).expect("client");
         let uri: Uri = format!("http://{addr}/api/v4/chat").parse().expect("uri");
         (client, Endpoint::new(uri).expect("endpoint"))
+    }
+
+    /// A certificate authority of the test's own, a server certificate for 127.0.0.1 signed
+    /// by it, and a client (with `"auto"`) trusting it, with an `https` endpoint on `addr`.
+    struct Tls {
+        cert: rustls::pki_types::CertificateDer<'static>,
+        key: Vec<u8>,
+        client: HttpClient,
+        endpoint: Endpoint,
+    }
+
+    impl Tls {
+        fn new(addr: std::net::SocketAddr) -> Tls {
+            let ca_key = rcgen::KeyPair::generate().expect("key");
+            let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+            ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            let ca = rcgen::CertifiedIssuer::self_signed(ca, ca_key).expect("CA");
+            let key = rcgen::KeyPair::generate().expect("key");
+            let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+                .expect("params")
+                .signed_by(&key, &ca)
+                .expect("certificate");
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(ca.der().clone()).expect("root");
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let config = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .expect("versions")
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            let client = HttpClient::with_tls(Duration::from_secs(5), UpstreamHttp::Auto, config);
+            let uri: Uri = format!("https://{addr}/api/v4/chat").parse().expect("uri");
+            Tls {
+                cert: cert.der().clone(),
+                key: key.serialize_der(),
+                client,
+                endpoint: Endpoint::new(uri).expect("endpoint"),
+            }
+        }
+
+        /// What accepts connections: TLS choosing the first of `alpn` that the client
+        /// offers (none if it offers none of them).
+        fn acceptor(&self, alpn: &[&[u8]]) -> Acceptor {
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let key = rustls::pki_types::PrivatePkcs8KeyDer::from(self.key.clone());
+            let mut config = rustls::ServerConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .expect("versions")
+                .with_no_client_auth()
+                .with_single_cert(vec![self.cert.clone()], key.into())
+                .expect("server config");
+            config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+            Acceptor(Arc::new(config))
+        }
+
+        fn request(&self) -> Request<Bytes> {
+            HttpClient::request(Method::POST, &self.endpoint, Bytes::from_static(b"{}"))
+        }
+    }
+
+    struct Acceptor(Arc<rustls::ServerConfig>);
+
+    impl Acceptor {
+        /// The next TLS connection, and the protocols its client offered by ALPN.
+        async fn accept(
+            &self,
+            listener: &tokio::net::TcpListener,
+        ) -> (
+            tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+            Vec<Vec<u8>>,
+        ) {
+            let (tcp, _) = listener.accept().await.expect("accept");
+            let start =
+                tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp)
+                    .await
+                    .expect("client hello");
+            let offered = start
+                .client_hello()
+                .alpn()
+                .map(|protocols| protocols.map(<[u8]>::to_vec).collect())
+                .unwrap_or_default();
+            let tls = start.into_stream(self.0.clone()).await.expect("handshake");
+            (tls, offered)
+        }
+    }
+
+    /// All of an answer's body, as text.
+    async fn text_of(resp: Response<Driven>) -> String {
+        let mut body = resp.into_body();
+        let mut text = Vec::new();
+        while let Some(chunk) = body.next().await {
+            text.extend_from_slice(&chunk.expect("chunk"));
+        }
+        String::from_utf8(text).expect("utf-8")
+    }
+
+    const BOTH: &[&[u8]] = &[b"h2", b"http/1.1"];
+
+    /// With `"auto"`, a TLS upstream that chooses `h2` is spoken to in HTTP/2, requests
+    /// sharing its connection.
+    #[tokio::test]
+    async fn auto_speaks_http2_to_a_tls_upstream_that_chooses_it() {
+        let (listener, addr) = listen().await;
+        let tls = Tls::new(addr);
+        let acceptor = tls.acceptor(&[b"h2"]);
+        let (offers, mut offered) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                let (stream, alpn) = acceptor.accept(&listener).await;
+                let _ = offers.send(alpn);
+                tokio::spawn(async move {
+                    let mut conn = h2::server::handshake(stream).await.expect("handshake");
+                    while let Some(Ok((_req, mut respond))) = conn.accept().await {
+                        let mut out = respond
+                            .send_response(Response::new(()), false)
+                            .expect("head");
+                        out.send_data(Bytes::from_static(b"over h2"), true)
+                            .expect("data");
+                    }
+                });
+            }
+        });
+        let (a, b) = tokio::join!(
+            tls.client.send(tls.request()),
+            tls.client.send(tls.request())
+        );
+        assert_eq!(text_of(a.expect("an answer")).await, "over h2");
+        assert_eq!(text_of(b.expect("an answer")).await, "over h2");
+        let c = tls.client.send(tls.request()).await.expect("an answer");
+        assert_eq!(text_of(c).await, "over h2");
+        // One connection for the three, which offered both protocols.
+        assert_eq!(offered.recv().await.expect("a connection"), BOTH);
+        assert!(
+            offered.try_recv().is_err(),
+            "a second connection was opened"
+        );
+    }
+
+    /// With `"auto"`, a TLS upstream that chooses HTTP/1.1 gets HTTP/1.1: the requests that
+    /// waited for the first connection go on it and on new ones, which no longer ask for
+    /// `h2`, and later requests reuse them.
+    #[tokio::test]
+    async fn auto_falls_back_to_http1_when_a_tls_upstream_chooses_it() {
+        use hyper::service::service_fn;
+        let (listener, addr) = listen().await;
+        let tls = Tls::new(addr);
+        let acceptor = tls.acceptor(&[b"http/1.1"]);
+        let (offers, mut offered) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            for n in 0.. {
+                let (stream, alpn) = acceptor.accept(&listener).await;
+                let _ = offers.send(alpn);
+                let answer = service_fn(move |req: Request<Incoming>| async move {
+                    let line = format!("{:?} on connection {n}", req.version());
+                    Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(line))))
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), answer),
+                );
+            }
+        });
+        let (a, b) = tokio::join!(
+            tls.client.send(tls.request()),
+            tls.client.send(tls.request())
+        );
+        let mut served = [
+            text_of(a.expect("an answer")).await,
+            text_of(b.expect("an answer")).await,
+        ];
+        // One on the first connection (the one that asked), one on a new one.
+        served.sort();
+        assert_eq!(
+            served,
+            ["HTTP/1.1 on connection 0", "HTTP/1.1 on connection 1"]
+        );
+        assert_eq!(offered.recv().await.expect("the first connection"), BOTH);
+        let none: Vec<Vec<u8>> = Vec::new();
+        assert_eq!(offered.recv().await.expect("the second"), none);
+        let c = tls.client.send(tls.request()).await.expect("an answer");
+        assert!(text_of(c).await.starts_with("HTTP/1.1 on connection "));
+        assert!(offered.try_recv().is_err(), "a third connection was opened");
     }
 
     /// An answer larger than both flow-control windows offered to the server arrives whole:
@@ -868,7 +1170,7 @@ mod tests {
             }
             seen
         });
-        let (client, endpoint) = client_of(addr, true);
+        let (client, endpoint) = client_of(addr, UpstreamHttp::Http2);
         let body = Bytes::from_static(b"{\"model\":\"glm-4.7\"}");
         let resp = client
             .send(HttpClient::request(Method::POST, &endpoint, body.clone()))
@@ -955,7 +1257,7 @@ mod tests {
             }
             served_on
         });
-        let (client, endpoint) = client_of(addr, true);
+        let (client, endpoint) = client_of(addr, UpstreamHttp::Http2);
         let request = || HttpClient::request(Method::POST, &endpoint, Bytes::from_static(b"{}"));
         let long = client.send(request()).await.expect("the first answer");
         let mut long = long.into_body();
@@ -984,7 +1286,7 @@ mod tests {
                 .expect("write");
             String::from_utf8(got).expect("utf-8")
         });
-        let (client, endpoint) = client_of(addr, false);
+        let (client, endpoint) = client_of(addr, UpstreamHttp::Auto);
         let resp = client
             .send(HttpClient::request(Method::POST, &endpoint, Bytes::new()))
             .await

@@ -7,7 +7,7 @@ use crate::common::*;
 
 /// HTTP/2 upstream, two serving threads (each keeps its own upstream connections).
 fn http2(raw: &mut glmgate::config::RawConfig) {
-    raw.upstream.http2 = true;
+    raw.upstream.http2 = glmgate::config::UpstreamHttp::Http2;
     raw.server.workers = 2;
 }
 
@@ -57,7 +57,7 @@ async fn both_apis_stream_and_answer_over_http2() {
 async fn a_client_that_leaves_resets_its_stream_and_is_accounted() {
     // One serving thread, so that every request could use the same upstream connection.
     let env = start_tweaked(|raw| {
-        raw.upstream.http2 = true;
+        raw.upstream.http2 = glmgate::config::UpstreamHttp::Http2;
         raw.server.workers = 1;
     })
     .await;
