@@ -56,6 +56,12 @@ enum Command {
         /// Serve one API format only (`openai` or `anthropic`), like a single-format upstream.
         #[arg(long)]
         only: Option<String>,
+        /// Serve HTTPS with this certificate chain (PEM), offering `h2` and `http/1.1`.
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The private key (PEM) of `--tls-cert`.
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
     },
     /// Manage client keys.
     Keys {
@@ -148,6 +154,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             chunk_delay_ms,
             fault,
             only,
+            tls_cert,
+            tls_key,
         } => {
             crate::logging::init(LogFormat::Text, "info");
             let only = match only.as_deref() {
@@ -161,8 +169,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .add(spec)
                     .map_err(|e| anyhow::anyhow!("--fault: {e}"))?;
             }
+            let tls = match (&tls_cert, &tls_key) {
+                (Some(cert), Some(key)) => Some(crate::mock::tls_config(cert, key)?),
+                _ => None,
+            };
             let listener = crate::app::bind(listen.as_str()).await?;
-            tracing::info!(addr = %listener.local_addr()?, "glmgate mock listening");
+            tracing::info!(addr = %listener.local_addr()?, tls = tls.is_some(), "glmgate mock listening");
             let options = crate::mock::MockOptions {
                 chunks,
                 first_byte_delay: Duration::from_millis(first_byte_ms),
@@ -170,8 +182,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 fault,
                 only,
             };
+            let serve = match tls {
+                Some(tls) => futures_util::future::Either::Left(crate::mock::serve_tls(
+                    listener, tls, options,
+                )),
+                None => futures_util::future::Either::Right(crate::mock::serve(listener, options)),
+            };
             tokio::select! {
-                r = crate::mock::serve(listener, options) => r?,
+                r = serve => r?,
                 _ = crate::app::termination_signal() => {}
             }
             Ok(())

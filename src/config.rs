@@ -268,6 +268,8 @@ pub struct RawUpstream {
     pub connect_timeout_secs: u64,
     /// Which HTTP version to speak to the upstreams: `true`, `false` or `"auto"`.
     pub http2: UpstreamHttp,
+    /// A PEM file of certificates trusted for upstream TLS, besides the Mozilla roots.
+    pub ca_file: Option<PathBuf>,
     pub first_byte_timeout_secs: u64,
     pub idle_timeout_secs: u64,
     pub total_timeout_secs: u64,
@@ -391,6 +393,7 @@ impl Default for RawUpstream {
             count_tokens_upstream: false,
             connect_timeout_secs: 10,
             http2: UpstreamHttp::Auto,
+            ca_file: None,
             first_byte_timeout_secs: 600,
             idle_timeout_secs: 300,
             total_timeout_secs: 3600,
@@ -606,6 +609,8 @@ pub struct Policy {
     /// The HTTP version spoken to the upstreams (applies on restart, like the connect
     /// timeout).
     pub http2: UpstreamHttp,
+    /// Certificates trusted for upstream TLS besides the Mozilla roots (applies on restart).
+    pub ca_file: Option<PathBuf>,
     pub first_byte_timeout: Duration,
     pub idle_timeout: Duration,
     pub total_timeout: Duration,
@@ -944,6 +949,7 @@ fn upstream_settings(
     let policy = Policy {
         connect_timeout: Duration::from_secs(up.connect_timeout_secs.max(1)),
         http2: up.http2,
+        ca_file: up.ca_file,
         first_byte_timeout: Duration::from_secs(up.first_byte_timeout_secs.max(1)),
         idle_timeout: Duration::from_secs(up.idle_timeout_secs.max(1)),
         total_timeout: Duration::from_secs(up.total_timeout_secs.max(1)),

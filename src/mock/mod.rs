@@ -172,6 +172,97 @@ pub async fn serve(listener: TcpListener, options: MockOptions) -> std::io::Resu
     axum::serve(listener, app).await
 }
 
+/// Serves the mock over TLS on `listener`, offering `h2` and `http/1.1` by ALPN, until the
+/// task is dropped.
+pub async fn serve_tls(
+    listener: TcpListener,
+    tls: rustls::ServerConfig,
+    options: MockOptions,
+) -> std::io::Result<()> {
+    let app = router(options).into_make_service_with_connect_info::<SocketAddr>();
+    // `tap_io` gives the listener the client's address as connection info.
+    let listener = TlsListener::new(listener, tls)?.tap_io(|_| {});
+    axum::serve(listener, app).await
+}
+
+/// The TLS settings of `glmgate mock --tls-cert --tls-key`: the certificate chain and the
+/// key from PEM files, ALPN `h2` then `http/1.1`.
+pub fn tls_config(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> anyhow::Result<rustls::ServerConfig> {
+    use anyhow::Context as _;
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .with_context(|| format!("--tls-cert: no PEM certificates in {}", cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .with_context(|| format!("--tls-key: no PEM private key in {}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .context("--tls-cert / --tls-key")?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// Connections that have completed their TLS handshake. Handshakes run side by side, each
+/// in a task of its own (bounded by a timeout), so a slow one holds up no other.
+struct TlsListener {
+    ready: tokio::sync::mpsc::Receiver<(TlsStream, SocketAddr)>,
+    addr: SocketAddr,
+}
+
+type TlsStream = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+
+impl TlsListener {
+    fn new(mut listener: TcpListener, tls: rustls::ServerConfig) -> std::io::Result<TlsListener> {
+        let addr = listener.local_addr()?;
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let (done, ready) = tokio::sync::mpsc::channel(1024);
+        tokio::spawn(async move {
+            loop {
+                let (tcp, peer) = tokio::select! {
+                    accepted = axum::serve::Listener::accept(&mut listener) => accepted,
+                    // The server is gone: stop listening.
+                    _ = done.closed() => return,
+                };
+                let _ = tcp.set_nodelay(true);
+                let (acceptor, done) = (acceptor.clone(), done.clone());
+                tokio::spawn(async move {
+                    let handshake = acceptor.accept(tcp);
+                    if let Ok(Ok(tls)) =
+                        tokio::time::timeout(Duration::from_secs(10), handshake).await
+                    {
+                        let _ = done.send((tls, peer)).await;
+                    }
+                });
+            }
+        });
+        Ok(TlsListener { ready, addr })
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (TlsStream, SocketAddr) {
+        match self.ready.recv().await {
+            Some(accepted) => accepted,
+            // Not reached: the sender lives as long as this.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        Ok(self.addr)
+    }
+}
+
 /// Starts the mock on a free loopback port in the background; returns its address.
 pub async fn spawn(options: MockOptions) -> std::io::Result<SocketAddr> {
     let listener = crate::app::bind("127.0.0.1:0").await?;

@@ -299,13 +299,36 @@ pub fn describe(e: &SendError, uri: &Uri) -> String {
 }
 
 impl HttpClient {
-    /// A client speaking `version` to the upstreams, over TLS trusting the Mozilla roots.
-    pub fn new(connect_timeout: Duration, version: UpstreamHttp) -> anyhow::Result<HttpClient> {
-        use hyper_rustls::ConfigBuilderExt as _;
+    /// A client speaking `version` to the upstreams, over TLS trusting the Mozilla roots
+    /// and the certificates in `ca_file` (PEM), if given.
+    pub fn new(
+        connect_timeout: Duration,
+        version: UpstreamHttp,
+        ca_file: Option<&std::path::Path>,
+    ) -> anyhow::Result<HttpClient> {
+        use anyhow::Context as _;
+        use rustls::pki_types::{pem::PemObject as _, CertificateDer};
+        let mut roots = rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        };
+        if let Some(file) = ca_file {
+            let shown = file.display();
+            let mut added = 0;
+            for cert in CertificateDer::pem_file_iter(file)
+                .with_context(|| format!("upstream.ca_file: cannot read {shown}"))?
+            {
+                let cert = cert.with_context(|| format!("upstream.ca_file: {shown} is not PEM"))?;
+                roots
+                    .add(cert)
+                    .with_context(|| format!("upstream.ca_file: a certificate in {shown}"))?;
+                added += 1;
+            }
+            anyhow::ensure!(added > 0, "upstream.ca_file: no certificate in {shown}");
+        }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let tls = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
-            .with_webpki_roots()
+            .with_root_certificates(roots)
             .with_no_client_auth();
         Ok(HttpClient::with_tls(connect_timeout, version, tls))
     }
@@ -938,9 +961,33 @@ mod tests {
 
     /// A client speaking `version` and a plain-HTTP endpoint on `addr`.
     fn client_of(addr: std::net::SocketAddr, version: UpstreamHttp) -> (HttpClient, Endpoint) {
-        let client = HttpClient::new(Duration::from_secs(5), version).expect("client");
+        let client = HttpClient::new(Duration::from_secs(5), version, None).expect("client");
         let uri: Uri = format!("http://{addr}/api/v4/chat").parse().expect("uri");
         (client, Endpoint::new(uri).expect("endpoint"))
+    }
+
+    #[test]
+    fn a_ca_file_that_cannot_be_used_is_refused_with_the_reason() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let refused = |path: &std::path::Path| {
+            let Err(e) = HttpClient::new(Duration::from_secs(5), UpstreamHttp::Auto, Some(path))
+            else {
+                panic!("{} accepted", path.display());
+            };
+            format!("{e:#}")
+        };
+        let missing = refused(&dir.path().join("missing.pem"));
+        assert!(
+            missing.contains("upstream.ca_file: cannot read"),
+            "{missing}"
+        );
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "no certificate here\n").expect("write");
+        let none = refused(&empty);
+        assert!(
+            none.contains("upstream.ca_file: no certificate in"),
+            "{none}"
+        );
     }
 
     /// A certificate authority of the test's own, a server certificate for 127.0.0.1 signed

@@ -137,7 +137,11 @@ impl Upstream {
         restored: &HashMap<(String, String), f64>,
         limits_tx: mpsc::UnboundedSender<LimitUpdate>,
     ) -> anyhow::Result<Upstream> {
-        let client = HttpClient::new(s.policy.connect_timeout, s.policy.http2)?;
+        let client = HttpClient::new(
+            s.policy.connect_timeout,
+            s.policy.http2,
+            s.policy.ca_file.as_deref(),
+        )?;
         let pool = Pool::build(s, None, restored, Some(limits_tx.clone()));
         Ok(Upstream {
             client,

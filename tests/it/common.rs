@@ -125,7 +125,7 @@ pub async fn start_file(mock_options: MockOptions, rest: &str) -> (Env, std::pat
     (start_with(mock, dir, settings).await, path)
 }
 
-async fn start_with(mock: SocketAddr, dir: TempDir, settings: config::Settings) -> Env {
+pub async fn start_with(mock: SocketAddr, dir: TempDir, settings: config::Settings) -> Env {
     let store = Store::open(&settings.store_path).await.expect("store");
     let (_, key) = glmgate::auth::create_key(&store, "test", None)
         .await

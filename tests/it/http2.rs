@@ -1,13 +1,20 @@
 //! `upstream.http2`: the gateway speaks HTTP/2 to the upstream (here the mock, over h2c),
 //! carrying many client requests as streams of a few shared connections.
 
+use std::time::Duration;
+
+use axum::http::Method;
+use bytes::Bytes;
+use glmgate::config::UpstreamHttp;
+use glmgate::mock::{self, MockOptions};
+use glmgate::upstream::client::{Endpoint, HttpClient};
 use serde_json::Value;
 
 use crate::common::*;
 
 /// HTTP/2 upstream, two serving threads (each keeps its own upstream connections).
 fn http2(raw: &mut glmgate::config::RawConfig) {
-    raw.upstream.http2 = glmgate::config::UpstreamHttp::Http2;
+    raw.upstream.http2 = UpstreamHttp::Http2;
     raw.server.workers = 2;
 }
 
@@ -57,7 +64,7 @@ async fn both_apis_stream_and_answer_over_http2() {
 async fn a_client_that_leaves_resets_its_stream_and_is_accounted() {
     // One serving thread, so that every request could use the same upstream connection.
     let env = start_tweaked(|raw| {
-        raw.upstream.http2 = glmgate::config::UpstreamHttp::Http2;
+        raw.upstream.http2 = UpstreamHttp::Http2;
         raw.server.workers = 1;
     })
     .await;
@@ -86,4 +93,80 @@ async fn concurrent_streams_share_connections_of_at_most_a_hundred_streams() {
     assert_eq!(stats["streams_completed"], 250, "{stats}");
     let connections = stats["connections"].as_u64().expect("count");
     assert!((3..=4).contains(&connections), "{stats}");
+}
+
+/// The mock over HTTPS (offering `h2` and `http/1.1` by ALPN) with a certificate signed by a
+/// CA of the test's own, a gateway in front of it that trusts that CA (`upstream.ca_file`)
+/// and speaks `version`, and a way to read the mock's counters.
+async fn start_https(version: UpstreamHttp) -> (Env, impl AsyncFn() -> Value) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca_key = rcgen::KeyPair::generate().expect("key");
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = rcgen::CertifiedIssuer::self_signed(ca, ca_key).expect("CA");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .expect("params")
+        .signed_by(&key, &ca)
+        .expect("certificate");
+    let file = |name: &str, pem: String| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, pem).expect("write");
+        path
+    };
+    let ca_file = file("ca.pem", ca.pem());
+    let tls = mock::tls_config(
+        &file("cert.pem", cert.pem()),
+        &file("key.pem", key.serialize_pem()),
+    )
+    .expect("TLS config");
+    let listener = glmgate::app::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    tokio::spawn(mock::serve_tls(listener, tls, MockOptions::default()));
+
+    let opts = Opts {
+        upstream_override: Some(format!("https://{addr}")),
+        ..Opts::default()
+    };
+    let mut raw = raw_config(addr, &dir, &opts);
+    raw.upstream.http2 = version;
+    raw.upstream.ca_file = Some(ca_file.clone());
+    let settings = glmgate::config::validate(raw, None).expect("valid config");
+    let env = start_with(addr, dir, settings).await;
+
+    let client = HttpClient::new(Duration::from_secs(5), UpstreamHttp::Http1, Some(&ca_file))
+        .expect("client");
+    let stats = Endpoint::new(format!("https://{addr}/_mock/stats").parse().expect("uri"))
+        .expect("endpoint");
+    let read = async move || {
+        let req = HttpClient::request(Method::GET, &stats, Bytes::new());
+        let (_, body) = client
+            .fetch(req, Duration::from_secs(5))
+            .await
+            .expect("mock stats");
+        serde_json::from_slice(&body).expect("json")
+    };
+    (env, read)
+}
+
+#[tokio::test]
+async fn by_default_an_https_upstream_that_offers_http2_is_spoken_to_in_it() {
+    let (env, mock_stats) = start_https(UpstreamHttp::default()).await;
+    let text = env.openai_text(&openai_body(true)).await;
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    let answer = env.anthropic(&anthropic_body(false)).await;
+    assert_eq!(answer.status(), 200);
+    let stats = mock_stats().await;
+    assert_eq!(stats["last_version"], "HTTP/2.0", "{stats}");
+    assert_eq!(stats["requests"], 2, "{stats}");
+    env.usage_rows(2).await;
+}
+
+#[tokio::test]
+async fn an_https_upstream_gets_http1_when_http2_is_off() {
+    let (env, mock_stats) = start_https(UpstreamHttp::Http1).await;
+    let text = env.openai_text(&openai_body(true)).await;
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    let stats = mock_stats().await;
+    assert_eq!(stats["last_version"], "HTTP/1.1", "{stats}");
 }
