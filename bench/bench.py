@@ -54,9 +54,9 @@ def log(*a):
     print(*a, file=sys.stderr, flush=True)
 
 
-def ensure_tools(need_valgrind=False, need_nginx=True, need_wrk=False):
+def ensure_tools(need_valgrind=False, need_nginx=True, need_wrk=False, need_openssl=False):
     wanted = (["nginx"] if need_nginx else []) + (["valgrind"] if need_valgrind else []) \
-        + (["wrk"] if need_wrk else [])
+        + (["wrk"] if need_wrk else []) + (["openssl"] if need_openssl else [])
     missing = [tool for tool in wanted if not shutil.which(tool)]
     if missing:
         log(f"installing {' '.join(missing)} from Debian")
@@ -150,35 +150,63 @@ def rss_mb(pid, field="VmRSS"):
     return total / 1024
 
 
-def nginx_conf(tmp, port, mock_port):
-    path = os.path.join(tmp, "nginx.conf")
+def nginx_conf(tmp, port, mock_port, ca=None):
+    """nginx as a plain reverse proxy to the mock; with `ca`, to the mock over HTTPS (nginx
+    speaks HTTP/1.1 to upstreams), verifying its certificate against `ca`."""
+    name = "nginx-https" if ca else "nginx"
+    path = os.path.join(tmp, f"{name}.conf")
+    scheme = "https" if ca else "http"
+    tls = f"""
+      proxy_ssl_trusted_certificate {ca};
+      proxy_ssl_verify on;
+      proxy_ssl_name localhost;
+      proxy_ssl_session_reuse on;""" if ca else ""
     with open(path, "w") as f:
         f.write(f"""
 worker_processes 2;
 daemon off;
-pid {tmp}/nginx.pid;
-error_log {tmp}/nginx-error.log warn;
+pid {tmp}/{name}.pid;
+error_log {tmp}/{name}-error.log warn;
 events {{ worker_connections 16384; }}
 http {{
   access_log off;
-  client_body_temp_path {tmp}/nginx-body;
-  proxy_temp_path {tmp}/nginx-proxy;
+  client_body_temp_path {tmp}/{name}-body;
+  proxy_temp_path {tmp}/{name}-proxy;
   upstream mock {{ server 127.0.0.1:{mock_port}; keepalive 1024; }}
   server {{
     listen 127.0.0.1:{port} reuseport;
     client_max_body_size 64m;
     client_body_buffer_size 1m;
     location / {{
-      proxy_pass http://mock;
+      proxy_pass {scheme}://mock;
       proxy_http_version 1.1;
       proxy_set_header Connection "";
       proxy_buffering off;
-      proxy_request_buffering off;
+      proxy_request_buffering off;{tls}
     }}
   }}
 }}
 """)
     return path
+
+
+def make_certs(tmp):
+    """A CA of the run's own and a certificate it signs for 127.0.0.1 and localhost, for the
+    mock over HTTPS: paths of the CA's, the certificate's and its key's PEM files."""
+    ca, ca_key = os.path.join(tmp, "ca.pem"), os.path.join(tmp, "ca-key.pem")
+    cert, key, csr = (os.path.join(tmp, n) for n in ("cert.pem", "key.pem", "cert.csr"))
+    ext = os.path.join(tmp, "cert.ext")
+    with open(ext, "w") as f:
+        f.write("subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n"
+                "keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    for cmd in (["req", "-x509", *ec, "-keyout", ca_key, "-out", ca, "-days", "2", "-subj", "/CN=glmgate bench CA",
+                 "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign"],
+                ["req", *ec, "-keyout", key, "-out", csr, "-subj", "/CN=localhost"],
+                ["x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-out", cert,
+                 "-days", "2", "-extfile", ext]):
+        subprocess.run(["openssl", *cmd], check=True, capture_output=True)
+    return ca, cert, key
 
 
 def glmgate_conf(tmp, port, mock_port, kind="plain"):
@@ -191,7 +219,11 @@ def glmgate_conf(tmp, port, mock_port, kind="plain"):
     - `http2`: as `plain`, speaking HTTP/2 to the upstream (`upstream.http2`);
     - `pgo`: as `plain`, for the binary built by scripts/build-pgo;
     - `tls`: as `plain`, the upstream at `https://localhost:{mock_port}`, circuit breaker off
-      (for `--tls-check`, where every call fails)."""
+      (for `--tls-check`, where every call fails);
+    - `https`: as `plain`, the upstream (the mock with `--tls-cert`) at
+      `https://127.0.0.1:{mock_port}`, trusted through `upstream.ca_file` (`{tmp}/ca.pem`), the
+      HTTP version left to the default (`"auto"`: HTTP/2 if the upstream chooses it by ALPN);
+    - `https-http1`: as `https`, with `upstream.http2 = false`."""
     name = "glmgate" if kind == "plain" else f"glmgate-{kind}"
     path = os.path.join(tmp, f"{name}.toml")
     base = f"""
@@ -202,7 +234,8 @@ path = "{tmp}/{name}.db"
 [admin]
 token = "{ADMIN_TOKEN}"
 """
-    origin = f"https://localhost:{mock_port}" if kind == "tls" else f"http://127.0.0.1:{mock_port}"
+    origin = {"tls": f"https://localhost:{mock_port}", "https": f"https://127.0.0.1:{mock_port}",
+              "https-http1": f"https://127.0.0.1:{mock_port}"}.get(kind, f"http://127.0.0.1:{mock_port}")
     openai = f"{origin}/api/coding/paas/v4" if kind != "anthropic-only" else ""
     anthropic = f"{origin}/api/anthropic" if kind != "openai-only" else ""
     breaker_off = """
@@ -230,7 +263,9 @@ preset = "custom"
 openai_base_url = "{openai}"
 anthropic_base_url = "{anthropic}"
 keys = ["bench-upstream-key"]
-""" + ("http2 = true\n" if kind == "http2" else "") + (breaker_off if kind == "tls" else "")
+""" + ("http2 = true\n" if kind == "http2" else "") \
+            + (f'ca_file = "{tmp}/ca.pem"\n' if kind.startswith("https") else "") \
+            + ("http2 = false\n" if kind == "https-http1" else "") + (breaker_off if kind == "tls" else "")
     with open(path, "w") as f:
         f.write(base + upstream)
     return path
@@ -299,6 +334,7 @@ def gateway_kind(name, api):
     """The glmgate configuration behind a target (see `glmgate_conf`); `translated` is glmgate
     in front of an upstream that speaks only the other format."""
     return {"glmgate": "plain", "failover": "failover", "http2": "http2", "pgo": "pgo",
+            "https": "https", "https-http1": "https-http1",
             "translated": "anthropic-only" if api == "openai" else "openai-only"}[name]
 
 
@@ -307,7 +343,7 @@ class Rig:
 
     def __init__(self, tmp, procs, mock_args=(), glmgate_prefix=(), prefix_kind="plain", litellm=False,
                  pgo=None, gateway_bin=GLMGATE, with_nginx=True, hyper=False, raw=False,
-                 loadgen="glmgate-load"):
+                 loadgen="glmgate-load", https=False):
         """`glmgate_prefix`: a command the process named by `prefix_kind` runs under (a
         gateway kind, or `hyper-pc` or `raw`), e.g. valgrind;
         `pgo`: a PGO-built binary, run as one more gateway (`pgo`) configured as `plain`;
@@ -315,7 +351,9 @@ class Rig:
         `hyper`: also run `hyper-proxy` (bench/loadgen), hyper's plainest reverse proxy, as
         `hyper` (tokio's multi-threaded runtime) and `hyper-pc` (a runtime per core);
         `raw`: also run `raw-proxy` (bench/loadgen), a proxy with no HTTP library, as `raw`;
-        `loadgen`: what drives the closed loop (`glmgate-load`, or `wrk`)."""
+        `loadgen`: what drives the closed loop (`glmgate-load`, or `wrk`);
+        `https`: also run the mock over HTTPS (a CA of the run's own), nginx in front of it as
+        `nginx-https`, and glmgate as `https` and `https-http1` (see `glmgate_conf`)."""
         self.tmp, self.procs = tmp, procs
         self.mock_port, self.nginx_port, self.gg_port = free_port(), free_port(), free_port()
         self.mock = procs.start([GLMGATE, "mock", "--listen", f"127.0.0.1:{self.mock_port}", *mock_args],
@@ -326,6 +364,18 @@ class Rig:
             self.nginx = procs.start(["nginx", "-c", nginx_conf(tmp, self.nginx_port, self.mock_port), "-p", tmp],
                                      os.path.join(tmp, "nginx.log"))
             wait_port(self.nginx_port)
+        self.https_mock_port = None
+        if https:
+            ca, cert, key = make_certs(tmp)
+            self.https_mock_port, self.nginx_https_port = free_port(), free_port()
+            procs.start([GLMGATE, "mock", "--listen", f"127.0.0.1:{self.https_mock_port}", "--tls-cert", cert,
+                         "--tls-key", key, *mock_args], os.path.join(tmp, "mock-https.log"),
+                        env={**os.environ, "GLMGATE_LOG": "warn"})
+            wait_port(self.https_mock_port)
+            self.nginx_https = procs.start(
+                ["nginx", "-c", nginx_conf(tmp, self.nginx_https_port, self.https_mock_port, ca=ca), "-p", tmp],
+                os.path.join(tmp, "nginx-https.log"))
+            wait_port(self.nginx_https_port)
         # name → (port, process): the reference proxies with no logic; hyper-proxy on tokio's
         # multi-threaded runtime and with a runtime per core, raw-proxy.
         self.references = {}
@@ -340,10 +390,12 @@ class Rig:
             self.references[name] = (port, proc)
         # name → (port, client key, process)
         self.gateways = {}
-        kinds = ["plain", "failover", "openai-only", "anthropic-only", "http2"] + (["pgo"] if pgo else [])
+        kinds = ["plain", "failover", "openai-only", "anthropic-only", "http2"] + (["pgo"] if pgo else []) \
+            + (["https", "https-http1"] if https else [])
         for kind in kinds:
             port = self.gg_port if kind == "plain" else free_port()
-            conf = glmgate_conf(tmp, port, self.mock_port, kind)
+            upstream = self.https_mock_port if kind.startswith("https") else self.mock_port
+            conf = glmgate_conf(tmp, port, upstream, kind)
             binary = pgo if kind == "pgo" else gateway_bin
             key = client_key(binary, conf)
             prefix = glmgate_prefix if kind == prefix_kind else ()
@@ -370,8 +422,9 @@ class Rig:
 
     def target(self, name, api):
         """`translated` is glmgate in front of an upstream that speaks only the other format."""
-        if name in ("direct", "nginx", *self.references):
+        if name in ("direct", "nginx", "nginx-https", *self.references):
             port, proc = {"direct": (self.mock_port, None), "nginx": (self.nginx_port, self.nginx),
+                          **({"nginx-https": (self.nginx_https_port, self.nginx_https)} if self.https_mock_port else {}),
                           **self.references}[name]
             pid = proc.pid if proc else None
             key, gw = "bench-upstream-key", False
@@ -774,7 +827,7 @@ def run_soak(args):
 
 
 def run_streams(args):
-    ensure_tools()
+    ensure_tools(need_openssl=True)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     need = 3 * args.streams + 1024  # each stream: client, gateway in and out, mock sockets
     if hard != resource.RLIM_INFINITY and hard < need:
@@ -784,11 +837,12 @@ def run_streams(args):
     tmp = tempfile.mkdtemp(prefix="glmgate-streams-")
     try:
         # 28 events 300 ms apart: each stream stays open about 8 s.
-        rig = Rig(tmp, procs, mock_args=["--chunk-delay-ms", "300"], hyper=args.with_hyper, raw=args.with_raw)
+        rig = Rig(tmp, procs, mock_args=["--chunk-delay-ms", "300"], hyper=args.with_hyper, raw=args.with_raw,
+                  https=True)
         time.sleep(1)
         results = {}
         # One after the other, each its own process: each peak (VmHWM) covers its own run only.
-        for name in ("nginx", "glmgate", "http2", *rig.references):
+        for name in ("nginx", "glmgate", "http2", "nginx-https", "https", "https-http1", *rig.references):
             url, headers, pid = rig.target(name, "openai")
             idle = rss_mb(pid)
             r = load(url, headers, body_file(tmp, "openai-stream"), args.streams, 6, requests=args.streams)
@@ -800,7 +854,9 @@ def run_streams(args):
     finally:
         procs.stop_all()
     for name, (r, idle, peak) in results.items():
-        what = {"http2": "glmgate, HTTP/2 upstream", **REFERENCE_NAMES}.get(name, name)
+        what = {"http2": "glmgate, HTTP/2 upstream (h2c)", "nginx-https": "nginx, HTTPS upstream (HTTP/1.1)",
+                "https": "glmgate, HTTPS upstream, default settings (HTTP/2 by ALPN)",
+                "https-http1": "glmgate, HTTPS upstream, http2 = false", **REFERENCE_NAMES}.get(name, name)
         print(f"{args.streams} concurrent slow streams through {what}: {r['requests']} completed, "
               f"{r['errors']} failed; RSS idle {idle:.1f} MB, peak {peak:.1f} MB "
               f"({(peak - idle) * 1024 / args.streams:.1f} KB per stream); "
