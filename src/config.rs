@@ -492,6 +492,23 @@ pub enum LogFormat {
     Json,
 }
 
+/// The certificates of `upstream.ca_file` (PEM), refused with the reason if the file
+/// cannot be read, is not PEM, or holds none.
+pub fn ca_certificates(
+    file: &Path,
+) -> anyhow::Result<Vec<rustls::pki_types::CertificateDer<'static>>> {
+    use rustls::pki_types::{pem::PemObject as _, CertificateDer};
+    let shown = file.display();
+    let certs = CertificateDer::pem_file_iter(file)
+        .with_context(|| format!("upstream.ca_file: cannot read {shown}"))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("upstream.ca_file: {shown} is not PEM"))?;
+    if certs.is_empty() {
+        bail!("upstream.ca_file: no certificate in {shown}");
+    }
+    Ok(certs)
+}
+
 /// Base URLs of the known Z.AI surfaces: `(name, OpenAI-style base, Anthropic-style base)`.
 pub const PRESETS: &[(&str, &str, &str)] = &[
     (
@@ -946,6 +963,9 @@ fn upstream_settings(
     if !(0.05..=0.95).contains(&up.aimd.decrease) {
         bail!("upstream.aimd.decrease must be between 0.05 and 0.95");
     }
+    if let Some(file) = &up.ca_file {
+        ca_certificates(file)?;
+    }
     let policy = Policy {
         connect_timeout: Duration::from_secs(up.connect_timeout_secs.max(1)),
         http2: up.http2,
@@ -1031,6 +1051,27 @@ mod tests {
         let err = http("http2 = \"yes\"", &[]).expect_err("refused");
         assert!(err.to_string().contains("upstream.http2"), "{err}");
         assert!(err.to_string().contains("\"auto\""), "{err}");
+    }
+
+    #[test]
+    fn a_ca_file_that_cannot_be_used_is_refused_with_the_reason() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let refused = |path: &Path| {
+            let text = format!("[upstream]\nca_file = {:?}\n", path.display().to_string());
+            format!("{:#}", parse(&text, &[]).expect_err("refused"))
+        };
+        let missing = refused(&dir.path().join("missing.pem"));
+        assert!(
+            missing.contains("upstream.ca_file: cannot read"),
+            "{missing}"
+        );
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "no certificate here\n").expect("write");
+        let none = refused(&empty);
+        assert!(
+            none.contains("upstream.ca_file: no certificate in"),
+            "{none}"
+        );
     }
 
     #[test]

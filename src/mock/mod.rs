@@ -196,9 +196,14 @@ pub fn tls_config(
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let chain = CertificateDer::pem_file_iter(cert)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .with_context(|| format!("--tls-cert: no PEM certificates in {}", cert.display()))?;
+        .with_context(|| format!("--tls-cert: {}", cert.display()))?;
+    anyhow::ensure!(
+        !chain.is_empty(),
+        "--tls-cert: no certificate in {}",
+        cert.display()
+    );
     let key = PrivateKeyDer::from_pem_file(key)
-        .with_context(|| format!("--tls-key: no PEM private key in {}", key.display()))?;
+        .with_context(|| format!("--tls-key: {}", key.display()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?

@@ -148,6 +148,63 @@ type Sender2 = h2::client::SendRequest<Bytes>;
 const H2_STREAM_WINDOW: u32 = 2 * 1024 * 1024;
 const H2_CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
 
+/// With `"auto"`, how long an origin that chose HTTP/1.1 is taken at its word before its
+/// next new connection offers `h2` again (a server behind a load balancer may change).
+const ASK_AGAIN_AFTER: Duration = Duration::from_secs(600);
+
+/// How an HTTP/2 connection is checked for life: a PING `every` so long, and the connection
+/// dropped if its PONG is not back within `timeout`. Without it, a connection whose peer
+/// vanished without a word would take every new stream until TCP gave up, many minutes on.
+#[derive(Clone, Copy)]
+struct Pings {
+    every: Duration,
+    timeout: Duration,
+}
+
+impl Pings {
+    const EVERY_20_S: Pings = Pings {
+        every: Duration::from_secs(20),
+        timeout: Duration::from_secs(20),
+    };
+
+    /// Pings through `pong` until one goes unanswered (then it returns) or the connection
+    /// ends (then it never does: the connection's end ends the task).
+    async fn watch(self, pong: Option<h2::PingPong>) {
+        let Some(mut pong) = pong else {
+            return std::future::pending().await;
+        };
+        loop {
+            tokio::time::sleep(self.every).await;
+            match tokio::time::timeout(self.timeout, pong.ping(h2::Ping::opaque())).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) => return std::future::pending().await,
+                Err(_) => {
+                    tracing::warn!(
+                        timeout_ms = self.timeout.as_millis() as u64,
+                        "an upstream HTTP/2 connection answered no PING; closing it"
+                    );
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Connects to `uri`, TCP and (for `https`) TLS, within `within`: a server that accepts and
+/// then stalls the handshake would otherwise hold the request, and over HTTP/2 every
+/// request waiting for the same connection, until the first-byte timeout.
+async fn open(
+    mut connector: HttpsConnector<HttpConnector>,
+    uri: Uri,
+    within: Duration,
+) -> Result<Io, Arc<str>> {
+    match tokio::time::timeout(within, connector.call(uri)).await {
+        Ok(Ok(io)) => Ok(io),
+        Ok(Err(e)) => Err(with_causes(&*e).into()),
+        Err(_) => Err(format!("not connected within {within:?} (TCP and TLS)").into()),
+    }
+}
+
 struct Inner {
     /// For HTTP/1.1 connections (over TLS, no ALPN: the server's default is HTTP/1.1).
     http1: HttpsConnector<HttpConnector>,
@@ -156,7 +213,11 @@ struct Inner {
     version: UpstreamHttp,
     /// With `Auto`, the TLS origins (by serving thread) that chose HTTP/1.1 by ALPN: their
     /// requests go on HTTP/1.1 connections without asking again.
-    http1_only: Mutex<Vec<PoolKey>>,
+    http1_only: Mutex<Vec<(PoolKey, Instant)>>,
+    /// For TCP and TLS together (the connector's own covers TCP only).
+    connect_timeout: Duration,
+    /// How HTTP/2 connections are checked for life.
+    pings: Pings,
     /// HTTP/2 connections by serving thread and origin.
     shared: Mutex<Vec<(PoolKey, Vec<Shared>)>>,
     /// Idle connections by serving thread and origin. A handful of entries (threads ×
@@ -228,6 +289,17 @@ fn host_of(uri: &Uri) -> Option<HeaderValue> {
 /// The URI's host and port, without any `user:password@`.
 fn host(uri: &Uri) -> Option<&str> {
     uri.authority().map(without_userinfo)
+}
+
+/// `uri` without its `user:password@`, if it has one.
+fn without_userinfo_in(uri: &Uri) -> Option<Uri> {
+    let authority = uri.authority()?;
+    if !authority.as_str().contains('@') {
+        return None;
+    }
+    let mut parts = uri.clone().into_parts();
+    parts.authority = without_userinfo(authority).parse().ok();
+    Uri::from_parts(parts).ok()
 }
 
 /// An authority's host and port, without any `user:password@`.
@@ -306,24 +378,15 @@ impl HttpClient {
         version: UpstreamHttp,
         ca_file: Option<&std::path::Path>,
     ) -> anyhow::Result<HttpClient> {
-        use anyhow::Context as _;
-        use rustls::pki_types::{pem::PemObject as _, CertificateDer};
         let mut roots = rustls::RootCertStore {
             roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
         };
         if let Some(file) = ca_file {
-            let shown = file.display();
-            let mut added = 0;
-            for cert in CertificateDer::pem_file_iter(file)
-                .with_context(|| format!("upstream.ca_file: cannot read {shown}"))?
-            {
-                let cert = cert.with_context(|| format!("upstream.ca_file: {shown} is not PEM"))?;
+            for cert in crate::config::ca_certificates(file)? {
                 roots
                     .add(cert)
-                    .with_context(|| format!("upstream.ca_file: a certificate in {shown}"))?;
-                added += 1;
+                    .map_err(|e| anyhow::anyhow!("upstream.ca_file: {}: {e}", file.display()))?;
             }
-            anyhow::ensure!(added > 0, "upstream.ca_file: no certificate in {shown}");
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let tls = rustls::ClientConfig::builder_with_provider(provider)
@@ -359,6 +422,8 @@ impl HttpClient {
                 http2: http2.wrap_connector(http),
                 version,
                 http1_only: Mutex::new(Vec::new()),
+                connect_timeout,
+                pings: Pings::EVERY_20_S,
                 shared: Mutex::new(Vec::new()),
                 idle: Mutex::new(Vec::new()),
             }),
@@ -367,7 +432,8 @@ impl HttpClient {
 
     /// Whether a request to `key`'s origin goes as an HTTP/2 stream (else on an HTTP/1.1
     /// connection of its own): always with `true`, never with `false`; with `"auto"`, to a
-    /// TLS origin unless it has chosen HTTP/1.1 before (plain TCP offers no way to ask).
+    /// TLS origin unless it chose HTTP/1.1 in the last [`ASK_AGAIN_AFTER`] (plain TCP
+    /// offers no way to ask).
     fn goes_as_http2(&self, key: &PoolKey) -> bool {
         match self.inner.version {
             UpstreamHttp::Http1 => false,
@@ -379,7 +445,8 @@ impl HttpClient {
                         .http1_only
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
-                        .contains(key)
+                        .iter()
+                        .any(|(k, since)| k == key && since.elapsed() < ASK_AGAIN_AFTER)
             }
         }
     }
@@ -433,13 +500,9 @@ impl HttpClient {
     }
 
     async fn connect(&self, uri: Uri) -> Result<Box<Link>, SendError> {
-        let io = self
-            .inner
-            .http1
-            .clone()
-            .call(uri)
+        let io = open(self.inner.http1.clone(), uri, self.inner.connect_timeout)
             .await
-            .map_err(|e| SendError::Connect(with_causes(&*e)))?;
+            .map_err(|why| SendError::Connect(why.to_string()))?;
         let (sender, conn) = http1::Builder::new()
             .handshake(io)
             .await
@@ -543,13 +606,14 @@ impl HttpClient {
     /// `"auto"`, a TLS server that chooses HTTP/1.1 gets an HTTP/1.1 connection instead,
     /// put in the pool under `key` for the first request that falls back.
     fn connect_shared(&self, key: PoolKey, uri: Uri, load: Arc<Load>) -> Connecting {
-        let mut connector = self.inner.http2.clone();
+        let connector = self.inner.http2.clone();
         let fall_back = self.inner.version == UpstreamHttp::Auto;
+        let (within, pings) = (self.inner.connect_timeout, self.inner.pings);
         // Not a strong reference: the pool holds this future until it has run.
         let client = Arc::downgrade(&self.inner);
         let connect = async move {
             let failed = |e: &(dyn std::error::Error + 'static)| Arc::<str>::from(with_causes(e));
-            let io = connector.call(uri).await.map_err(|e| failed(&*e))?;
+            let io = open(connector, uri, within).await?;
             if fall_back && !io.connected().is_negotiated_h2() {
                 let (sender, conn) = http1::Builder::new()
                     .handshake(io)
@@ -567,7 +631,8 @@ impl HttpClient {
                 .handshake::<_, Bytes>(TokioIo::new(io))
                 .await
                 .map_err(|e| failed(&e))?;
-            tokio::spawn(std::future::poll_fn(move |cx| {
+            let watch = pings.watch(conn.ping_pong());
+            let drive = std::future::poll_fn(move |cx| {
                 let done = Pin::new(&mut conn).poll(cx);
                 // The server's limit arrives in its SETTINGS, read as the connection runs.
                 let allowed = conn.max_concurrent_send_streams();
@@ -577,7 +642,15 @@ impl HttpClient {
                     tracing::debug!(error = %e, "upstream HTTP/2 connection ended with an error");
                 }
                 done.map(|_| ())
-            }));
+            });
+            // A connection that stops answering PINGs is dropped with `drive`: its open
+            // streams fail, and new requests go on another.
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = drive => {}
+                    () = watch => {}
+                }
+            });
             Ok(Opened::H2(sender))
         }
         .map(|opened: Result<Opened, Arc<str>>| opened.unwrap_or_else(Opened::Failed));
@@ -594,9 +667,9 @@ impl HttpClient {
                 .http1_only
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
-            if !http1_only.contains(&key) {
-                http1_only.push(key.clone());
-            }
+            // An answer older than [`ASK_AGAIN_AFTER`] is replaced.
+            http1_only.retain(|(k, _)| *k != key);
+            http1_only.push((key.clone(), Instant::now()));
         }
         tracing::info!(
             upstream = key.2.as_ref().map_or("upstream", without_userinfo),
@@ -738,8 +811,12 @@ fn send_stream(
     req: Request<Bytes>,
 ) -> impl Future<Output = Result<Response<Driven>, SendError>> + Send + 'static {
     let (mut head, body) = req.into_parts();
-    // The origin goes in `:authority`; RFC 9113 §8.3.1 asks clients not to repeat it.
+    // The origin goes in `:authority`; RFC 9113 §8.3.1 asks clients not to repeat it, and
+    // forbids a `user:password@` there.
     head.headers.remove(header::HOST);
+    if let Some(bare) = without_userinfo_in(&head.uri) {
+        head.uri = bare;
+    }
     // As HTTP/1.1 frames it: a length for any body, and none for an empty GET or HEAD.
     if !body.is_empty() || !matches!(head.method, Method::GET | Method::HEAD) {
         head.headers
@@ -966,35 +1043,13 @@ mod tests {
         (client, Endpoint::new(uri).expect("endpoint"))
     }
 
-    #[test]
-    fn a_ca_file_that_cannot_be_used_is_refused_with_the_reason() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let refused = |path: &std::path::Path| {
-            let Err(e) = HttpClient::new(Duration::from_secs(5), UpstreamHttp::Auto, Some(path))
-            else {
-                panic!("{} accepted", path.display());
-            };
-            format!("{e:#}")
-        };
-        let missing = refused(&dir.path().join("missing.pem"));
-        assert!(
-            missing.contains("upstream.ca_file: cannot read"),
-            "{missing}"
-        );
-        let empty = dir.path().join("empty.pem");
-        std::fs::write(&empty, "no certificate here\n").expect("write");
-        let none = refused(&empty);
-        assert!(
-            none.contains("upstream.ca_file: no certificate in"),
-            "{none}"
-        );
-    }
-
     /// A certificate authority of the test's own, a server certificate for 127.0.0.1 signed
     /// by it, and a client (with `"auto"`) trusting it, with an `https` endpoint on `addr`.
     struct Tls {
         cert: rustls::pki_types::CertificateDer<'static>,
         key: Vec<u8>,
+        /// The client's TLS settings, for clients of other timeouts.
+        config: rustls::ClientConfig,
         client: HttpClient,
         endpoint: Endpoint,
     }
@@ -1018,11 +1073,13 @@ mod tests {
                 .expect("versions")
                 .with_root_certificates(roots)
                 .with_no_client_auth();
-            let client = HttpClient::with_tls(Duration::from_secs(5), UpstreamHttp::Auto, config);
+            let client =
+                HttpClient::with_tls(Duration::from_secs(5), UpstreamHttp::Auto, config.clone());
             let uri: Uri = format!("https://{addr}/api/v4/chat").parse().expect("uri");
             Tls {
                 cert: cert.der().clone(),
                 key: key.serialize_der(),
+                config,
                 client,
                 endpoint: Endpoint::new(uri).expect("endpoint"),
             }
@@ -1086,6 +1143,100 @@ mod tests {
 
     const BOTH: &[&[u8]] = &[b"h2", b"http/1.1"];
 
+    /// `work`'s output; the test fails, rather than hangs, if it never comes.
+    async fn bounded<T>(work: impl Future<Output = T>) -> T {
+        tokio::time::timeout(Duration::from_secs(30), work)
+            .await
+            .expect("still waiting after 30 s")
+    }
+
+    /// A server that accepts TCP and never answers the TLS handshake: each request fails
+    /// within the connect timeout, where it used to wait (with every other request to the
+    /// origin, on the one HTTP/2 connection being opened) for the first-byte timeout.
+    #[tokio::test]
+    async fn a_stalled_tls_handshake_fails_within_the_connect_timeout() {
+        let (listener, addr) = listen().await;
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((tcp, _)) = listener.accept().await {
+                held.push(tcp);
+            }
+        });
+        let tls = Tls::new(addr);
+        let client = HttpClient::with_tls(
+            Duration::from_millis(200),
+            UpstreamHttp::Auto,
+            tls.config.clone(),
+        );
+        for _ in 0..2 {
+            let Err(SendError::Connect(why)) = bounded(client.send(tls.request())).await else {
+                panic!("an answer from a server that never finished its handshake");
+            };
+            assert!(why.contains("not connected within 200ms"), "{why}");
+        }
+    }
+
+    /// An HTTP/2 connection whose server stops answering (no PONG) is dropped: the request
+    /// waiting on it fails instead of waiting for ever, and the next goes on a new one.
+    #[tokio::test]
+    async fn an_http2_connection_that_answers_no_ping_is_dropped() {
+        let (listener, addr) = listen().await;
+        let (freeze, frozen) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let mut frozen = Some(frozen);
+            for n in 0.. {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let mut frozen = frozen.take();
+                tokio::spawn(async move {
+                    let mut conn = h2::server::handshake(tcp).await.expect("handshake");
+                    loop {
+                        let stream = match &mut frozen {
+                            // The first connection stops reading when told to: no PONG,
+                            // no answer, its socket left open.
+                            Some(f) => tokio::select! {
+                                stream = conn.accept() => stream,
+                                _ = f => return std::future::pending().await,
+                            },
+                            None => conn.accept().await,
+                        };
+                        let Some(Ok((_req, mut respond))) = stream else {
+                            return;
+                        };
+                        let mut out = respond
+                            .send_response(Response::new(()), false)
+                            .expect("head");
+                        let text = format!("on connection {n}");
+                        out.send_data(Bytes::from(text), true).expect("data");
+                    }
+                });
+            }
+        });
+        let (mut client, endpoint) = client_of(addr, UpstreamHttp::Http2);
+        Arc::get_mut(&mut client.inner)
+            .expect("the only handle")
+            .pings = Pings {
+            every: Duration::from_millis(100),
+            timeout: Duration::from_millis(100),
+        };
+        let request = || HttpClient::request(Method::POST, &endpoint, Bytes::from_static(b"{}"));
+        let first = bounded(client.send(request())).await.expect("an answer");
+        assert_eq!(bounded(text_of(first)).await, "on connection 0");
+        freeze.send(()).expect("server");
+        // On the frozen connection (unless it is already dropped): it must end either way.
+        let second = bounded(async {
+            match client.send(request()).await {
+                Ok(answer) => Some(text_of(answer).await),
+                Err(_) => None,
+            }
+        })
+        .await;
+        assert_ne!(second.as_deref(), Some("on connection 0"));
+        let third = bounded(client.send(request())).await.expect("an answer");
+        assert_eq!(bounded(text_of(third)).await, "on connection 1");
+    }
+
     /// With `"auto"`, a TLS upstream that chooses `h2` is spoken to in HTTP/2, requests
     /// sharing its connection.
     #[tokio::test]
@@ -1110,10 +1261,13 @@ mod tests {
                 });
             }
         });
-        let (a, b) = tokio::join!(
-            tls.client.send(tls.request()),
-            tls.client.send(tls.request())
-        );
+        let (a, b) = bounded(async {
+            tokio::join!(
+                tls.client.send(tls.request()),
+                tls.client.send(tls.request())
+            )
+        })
+        .await;
         assert_eq!(text_of(a.expect("an answer")).await, "over h2");
         assert_eq!(text_of(b.expect("an answer")).await, "over h2");
         let c = tls.client.send(tls.request()).await.expect("an answer");
@@ -1150,10 +1304,13 @@ mod tests {
                 );
             }
         });
-        let (a, b) = tokio::join!(
-            tls.client.send(tls.request()),
-            tls.client.send(tls.request())
-        );
+        let (a, b) = bounded(async {
+            tokio::join!(
+                tls.client.send(tls.request()),
+                tls.client.send(tls.request())
+            )
+        })
+        .await;
         let mut served = [
             text_of(a.expect("an answer")).await,
             text_of(b.expect("an answer")).await,
@@ -1217,10 +1374,17 @@ mod tests {
             }
             seen
         });
-        let (client, endpoint) = client_of(addr, UpstreamHttp::Http2);
+        let (client, _) = client_of(addr, UpstreamHttp::Http2);
+        // With a `user:password@`, which must not reach `:authority`.
+        let with_userinfo = format!("http://user:secret@{addr}/api/v4/chat");
+        let with_userinfo = Endpoint::new(with_userinfo.parse().expect("uri")).expect("endpoint");
         let body = Bytes::from_static(b"{\"model\":\"glm-4.7\"}");
         let resp = client
-            .send(HttpClient::request(Method::POST, &endpoint, body.clone()))
+            .send(HttpClient::request(
+                Method::POST,
+                &with_userinfo,
+                body.clone(),
+            ))
             .await
             .expect("answer");
         assert_eq!(resp.status(), StatusCode::OK);
@@ -1235,7 +1399,11 @@ mod tests {
         assert!(all.await.is_ok(), "stalled after {read} bytes");
         assert_eq!(read, SIZE);
         let resp = client
-            .send(HttpClient::request(Method::GET, &endpoint, Bytes::new()))
+            .send(HttpClient::request(
+                Method::GET,
+                &with_userinfo,
+                Bytes::new(),
+            ))
             .await
             .expect("answer");
         let mut stream = resp.into_body();
