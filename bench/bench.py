@@ -9,6 +9,7 @@ run, interleaved. Python standard library only; every process it starts is stopp
     bench/run --pgo                                      the table, with a PGO-built glmgate as a target
     bench/run --with-hyper                               the table, with a plain hyper proxy as a target
     bench/run --with-raw                                 the table, with a proxy of no HTTP library as a target
+    bench/run --https                                    the table, with nginx and glmgate in front of an HTTPS mock
     bench/run --loadgen wrk                              the table's closed loop driven by Debian's wrk
     bench/instructions [--scenario S] [--target T]       instructions per request (callgrind)
     bench/instructions --binary target/profiling/glmgate  the same, with symbols for callgrind_annotate
@@ -525,7 +526,7 @@ def fmt(v, digits=0):
 
 
 def run_table(args):
-    ensure_tools(need_wrk=args.loadgen == "wrk")
+    ensure_tools(need_wrk=args.loadgen == "wrk", need_openssl=args.https)
     procs = Procs()
     tmp = tempfile.mkdtemp(prefix="glmgate-bench-")
     try:
@@ -533,7 +534,7 @@ def run_table(args):
             ensure_litellm()
         pgo = build_pgo() if args.pgo else None
         rig = Rig(tmp, procs, litellm=args.with_litellm, pgo=pgo, hyper=args.with_hyper,
-                  raw=args.with_raw, loadgen=args.loadgen)
+                  raw=args.with_raw, loadgen=args.loadgen, https=args.https)
         time.sleep(1)
         idle = {"glmgate": rss_mb(rig.gg.pid), "nginx": rss_mb(rig.nginx.pid)}
         for name, (_, proc) in rig.references.items():
@@ -542,6 +543,10 @@ def run_table(args):
             idle["pgo"] = rss_mb(rig.gateways["pgo"][2].pid)
         if rig.litellm:
             idle["litellm"] = rss_mb(rig.litellm.pid)
+        if args.https:
+            idle["nginx-https"] = rss_mb(rig.nginx_https.pid)
+            idle["https"] = rss_mb(rig.gateways["https"][2].pid)
+            idle["https-http1"] = rss_mb(rig.gateways["https-http1"][2].pid)
         concurrencies = [1, 64] if args.quick else [1, 16, 64, 256]
         if args.concurrency:
             concurrencies = [int(c) for c in args.concurrency.split(",")]
@@ -553,6 +558,7 @@ def run_table(args):
             targets = ["direct", "nginx", "glmgate"] + (["failover"] if scenario in FAILOVER_SCENARIOS else []) \
                 + (["translated"] if scenario in TRANSLATED_SCENARIOS else []) \
                 + (["http2"] if scenario in HTTP2_SCENARIOS else []) \
+                + (["nginx-https", "https", "https-http1"] if args.https and scenario in HTTP2_SCENARIOS else []) \
                 + (["pgo"] if pgo else []) \
                 + list(rig.references) \
                 + (["litellm"] if rig.litellm and SCENARIOS[scenario][0] == "openai" else [])
@@ -573,6 +579,9 @@ def run_table(args):
             + [(name, proc) for name, (_, proc) in rig.references.items()]
         if pgo:
             watched.append(("pgo", rig.gateways["pgo"][2]))
+        if args.https:
+            watched += [("nginx-https", rig.nginx_https), ("https", rig.gateways["https"][2]),
+                        ("https-http1", rig.gateways["https-http1"][2])]
         peak = {t: rss_mb(p.pid, "VmHWM") for t, p in watched if p}
         time.sleep(1.5)  # one usage flush interval: the last requests reach the metrics
         counted = scrape(rig.gg_port)
@@ -633,7 +642,13 @@ def render(rows, open_loop, idle, peak, args):
               "`hyper-pc`: what the same work costs without hyper."
               if "raw" in idle else "")
            + (" `litellm`: LiteLLM proxy (" + LITELLM_PIN + ", two workers, master key, no database) "
-              "on the same mock, OpenAI scenarios only." if "litellm" in idle else ""), "",
+              "on the same mock, OpenAI scenarios only." if "litellm" in idle else "")
+           + (" `nginx-https` and `https`: nginx, and glmgate with the default settings, in front of a second "
+              "mock serving HTTPS (a certificate from a CA the run makes), as users put them in front of "
+              "Z.AI's HTTPS API: nginx speaks HTTP/1.1 over TLS to it, glmgate HTTP/2, chosen by ALPN; "
+              "`https-http1` is glmgate with `upstream.http2 = false`, HTTP/1.1 over TLS. Their ratios "
+              "are to `nginx-https`; all three add TLS to the overhead over (plain) direct."
+              if "https" in idle else ""), "",
            "| scenario | c | target | p50 | p90 | p99 | +p50 | +p99 | req/s | vs nginx req/s | CPU µs/req | +TTFB p50 |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for scenario, c, reps in rows:
@@ -643,7 +658,9 @@ def render(rows, open_loop, idle, peak, args):
             over = lambda q: added(reps, t, q=q)
             ttfb = added(reps, t, key="ttfb_us")
             rps = med([r["rps"] for r in rs])
-            ratio = med([r["rps"] / n["rps"] for r, n in zip(rs, reps["nginx"]) if n["rps"]])
+            # Over HTTPS, against nginx over HTTPS.
+            base = reps["nginx-https" if t.startswith("https") else "nginx"]
+            ratio = med([r["rps"] / n["rps"] for r, n in zip(rs, base) if n["rps"]])
             errors = sum(r["errors"] for r in rs)
             name = t + (f" ({errors} errors)" if errors else "")
             if t == "failover":
@@ -651,7 +668,7 @@ def render(rows, open_loop, idle, peak, args):
             stream = "stream" in scenario
             out.append(f"| {scenario} | {c} | {name} | {fmt(lat('p50'))} | {fmt(lat('p90'))} | {fmt(lat('p99'))} | "
                        f"{'' if t == 'direct' else fmt(over('p50'))} | {'' if t == 'direct' else fmt(over('p99'))} | "
-                       f"{fmt(rps)} | {fmt(ratio, 2) if t not in ('direct', 'nginx') else ''} | "
+                       f"{fmt(rps)} | {fmt(ratio, 2) if t not in ('direct', 'nginx', 'nginx-https') else ''} | "
                        f"{fmt(med([r['cpu_us_per_req'] for r in rs]), 1)} | "
                        f"{fmt(ttfb) if stream and t != 'direct' and args.loadgen != 'wrk' else ''} |")
     out += littles_law(rows)
@@ -941,6 +958,8 @@ def main():
                     help="check a glmgate binary's TLS to the upstream (used by scripts/build-pgo)")
     ap.add_argument("--with-hyper", action="store_true",
                     help="add hyper-proxy (bench/loadgen: hyper's plainest reverse proxy, no logic) as a target")
+    ap.add_argument("--https", action="store_true",
+                    help="the table with rows through nginx and glmgate in front of the mock over HTTPS")
     ap.add_argument("--with-raw", action="store_true",
                     help="add raw-proxy (bench/loadgen: a reverse proxy with no HTTP library, no logic) as a target")
     ap.add_argument("--loadgen", choices=("glmgate-load", "wrk"), default="glmgate-load",
