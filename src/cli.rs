@@ -62,6 +62,15 @@ enum Command {
         /// The private key (PEM) of `--tls-cert`.
         #[arg(long, requires = "tls_cert")]
         tls_key: Option<PathBuf>,
+        /// With `--tls-cert`: the protocols offered by ALPN, in order of preference
+        /// (`http/1.1` alone plays an upstream without HTTP/2).
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "h2,http/1.1",
+            requires = "tls_cert"
+        )]
+        tls_alpn: Vec<String>,
     },
     /// Manage client keys.
     Keys {
@@ -156,6 +165,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             only,
             tls_cert,
             tls_key,
+            tls_alpn,
         } => {
             crate::logging::init(LogFormat::Text, "info");
             let only = match only.as_deref() {
@@ -170,7 +180,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .map_err(|e| anyhow::anyhow!("--fault: {e}"))?;
             }
             let tls = match (&tls_cert, &tls_key) {
-                (Some(cert), Some(key)) => Some(crate::mock::tls_config(cert, key)?),
+                (Some(cert), Some(key)) => {
+                    let alpn: Vec<&str> = tls_alpn.iter().map(String::as_str).collect();
+                    if let Some(other) = alpn.iter().find(|p| !matches!(**p, "h2" | "http/1.1")) {
+                        anyhow::bail!("--tls-alpn: `{other}`; use h2 and http/1.1");
+                    }
+                    Some(crate::mock::tls_config(cert, key, &alpn)?)
+                }
                 _ => None,
             };
             let listener = crate::app::bind(listen.as_str()).await?;

@@ -186,10 +186,12 @@ pub async fn serve_tls(
 }
 
 /// The TLS settings of `glmgate mock --tls-cert --tls-key`: the certificate chain and the
-/// key from PEM files, ALPN `h2` then `http/1.1`.
+/// key from PEM files, and the protocols offered by ALPN in order of preference (`h2` and
+/// `http/1.1` by default; `http/1.1` alone plays an upstream without HTTP/2).
 pub fn tls_config(
     cert: &std::path::Path,
     key: &std::path::Path,
+    alpn: &[&str],
 ) -> anyhow::Result<rustls::ServerConfig> {
     use anyhow::Context as _;
     use rustls::pki_types::pem::PemObject as _;
@@ -210,7 +212,7 @@ pub fn tls_config(
         .with_no_client_auth()
         .with_single_cert(chain, key)
         .context("--tls-cert / --tls-key")?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
     Ok(config)
 }
 

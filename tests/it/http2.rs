@@ -95,10 +95,13 @@ async fn concurrent_streams_share_connections_of_at_most_a_hundred_streams() {
     assert!((3..=4).contains(&connections), "{stats}");
 }
 
-/// The mock over HTTPS (offering `h2` and `http/1.1` by ALPN) with a certificate signed by a
+/// What the mock offers by ALPN unless told otherwise.
+const BOTH: &[&str] = &["h2", "http/1.1"];
+
+/// The mock over HTTPS (offering `alpn` by ALPN) with a certificate signed by a
 /// CA of the test's own, a gateway in front of it that trusts that CA (`upstream.ca_file`)
 /// and speaks `version`, and a way to read the mock's counters.
-async fn start_https(version: UpstreamHttp) -> (Env, impl AsyncFn() -> Value) {
+async fn start_https(version: UpstreamHttp, alpn: &[&str]) -> (Env, impl AsyncFn() -> Value) {
     let dir = tempfile::tempdir().expect("tempdir");
     let ca_key = rcgen::KeyPair::generate().expect("key");
     let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
@@ -118,6 +121,7 @@ async fn start_https(version: UpstreamHttp) -> (Env, impl AsyncFn() -> Value) {
     let tls = mock::tls_config(
         &file("cert.pem", cert.pem()),
         &file("key.pem", key.serialize_pem()),
+        alpn,
     )
     .expect("TLS config");
     let listener = glmgate::app::bind("127.0.0.1:0").await.expect("bind");
@@ -151,7 +155,7 @@ async fn start_https(version: UpstreamHttp) -> (Env, impl AsyncFn() -> Value) {
 
 #[tokio::test]
 async fn by_default_an_https_upstream_that_offers_http2_is_spoken_to_in_it() {
-    let (env, mock_stats) = start_https(UpstreamHttp::default()).await;
+    let (env, mock_stats) = start_https(UpstreamHttp::default(), BOTH).await;
     let text = env.openai_text(&openai_body(true)).await;
     assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
     let answer = env.anthropic(&anthropic_body(false)).await;
@@ -164,9 +168,25 @@ async fn by_default_an_https_upstream_that_offers_http2_is_spoken_to_in_it() {
 
 #[tokio::test]
 async fn an_https_upstream_gets_http1_when_http2_is_off() {
-    let (env, mock_stats) = start_https(UpstreamHttp::Http1).await;
+    let (env, mock_stats) = start_https(UpstreamHttp::Http1, BOTH).await;
     let text = env.openai_text(&openai_body(true)).await;
     assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
     let stats = mock_stats().await;
     assert_eq!(stats["last_version"], "HTTP/1.1", "{stats}");
+}
+
+#[tokio::test]
+async fn by_default_an_https_upstream_without_http2_is_spoken_to_in_http1() {
+    let (env, mock_stats) = start_https(UpstreamHttp::default(), &["http/1.1"]).await;
+    // Two at once while the first connection asks, then one more.
+    let (stream, whole) = (openai_body(true), openai_body(false));
+    let (a, b) = tokio::join!(env.openai_text(&stream), env.openai_text(&whole));
+    assert!(a.ends_with("data: [DONE]\n\n"), "{a}");
+    assert!(b.contains("\"choices\""), "{b}");
+    let answer = env.anthropic(&anthropic_body(true)).await;
+    assert_eq!(answer.status(), 200);
+    let stats = mock_stats().await;
+    assert_eq!(stats["last_version"], "HTTP/1.1", "{stats}");
+    assert_eq!(stats["requests"], 3, "{stats}");
+    env.usage_rows(3).await;
 }
