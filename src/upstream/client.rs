@@ -266,6 +266,8 @@ fn pool_key(uri: &Uri) -> PoolKey {
 
 /// An upstream URL, parsed once at configuration time, with the `Host` header that
 /// every HTTP/1.1 request to it must carry (RFC 9112 §3.2): built here, not per request.
+/// A `user:password@` in the URL is dropped here too: it belongs neither in `Host` nor in
+/// HTTP/2's `:authority` (RFC 9113 §8.3.1).
 #[derive(Clone, Debug)]
 pub struct Endpoint {
     uri: Uri,
@@ -276,6 +278,7 @@ impl Endpoint {
     /// `None` for a URI without a host.
     pub fn new(uri: Uri) -> Option<Endpoint> {
         let host = host_of(&uri)?;
+        let uri = without_userinfo_in(&uri).unwrap_or(uri);
         Some(Endpoint { uri, host })
     }
 
@@ -671,7 +674,7 @@ impl HttpClient {
             http1_only.push((key.clone(), Instant::now()));
         }
         tracing::info!(
-            upstream = key.2.as_ref().map_or("upstream", without_userinfo),
+            upstream = key.2.as_ref().map_or("upstream", Authority::as_str),
             "the upstream chose HTTP/1.1 by ALPN; its requests go over HTTP/1.1"
         );
         // Polled once, a new connection is ready for a request, which the pool asks of it.
@@ -810,12 +813,9 @@ fn send_stream(
     req: Request<Bytes>,
 ) -> impl Future<Output = Result<Response<Driven>, SendError>> + Send + 'static {
     let (mut head, body) = req.into_parts();
-    // The origin goes in `:authority`; RFC 9113 §8.3.1 asks clients not to repeat it, and
-    // forbids a `user:password@` there.
+    // The origin goes in `:authority` (from the endpoint, without any `user:password@`);
+    // RFC 9113 §8.3.1 asks clients not to repeat it.
     head.headers.remove(header::HOST);
-    if let Some(bare) = without_userinfo_in(&head.uri) {
-        head.uri = bare;
-    }
     // As HTTP/1.1 frames it: a length for any body, and none for an empty GET or HEAD.
     if !body.is_empty() || !matches!(head.method, Method::GET | Method::HEAD) {
         head.headers
@@ -1018,6 +1018,11 @@ mod tests {
             .parse()
             .expect("uri");
         let endpoint = Endpoint::new(uri).expect("endpoint");
+        // The `user:password@` is gone from the URL too, wherever it is shown or sent.
+        assert_eq!(
+            endpoint.uri().to_string(),
+            "https://api.example.com:8443/api/v4/chat?x=1"
+        );
         let mut req = HttpClient::request(Method::POST, &endpoint, Bytes::new());
         assert_eq!(req.headers()[header::HOST], "api.example.com:8443");
         let full = to_origin_form(&mut req);
