@@ -73,6 +73,15 @@ struct Shared {
     used: Instant,
 }
 
+/// The HTTP/2 side of one origin, as one serving thread sees it.
+#[derive(Default)]
+struct Origin {
+    conns: Vec<Shared>,
+    /// With `"auto"`: when the origin last chose HTTP/1.1 by ALPN. For [`ASK_AGAIN_AFTER`]
+    /// after, its requests go over HTTP/1.1 without asking again.
+    chose_http1: Option<Instant>,
+}
+
 /// A connection being opened, or opened; every request waiting for it gets the one result.
 type Connecting = futures_util::future::Shared<futures_util::future::BoxFuture<'static, Opened>>;
 
@@ -214,15 +223,12 @@ struct Inner {
     /// For HTTP/2 connections: ALPN offers `h2`, and with `Auto` `http/1.1` after it.
     http2: HttpsConnector<HttpConnector>,
     version: UpstreamHttp,
-    /// With `Auto`, the TLS origins (by serving thread) that chose HTTP/1.1 by ALPN: their
-    /// requests go on HTTP/1.1 connections without asking again.
-    http1_only: Mutex<Vec<(PoolKey, Instant)>>,
     /// For TCP and TLS together (the connector's own covers TCP only).
     connect_timeout: Duration,
     /// How HTTP/2 connections are checked for life.
     pings: Pings,
     /// HTTP/2 connections by serving thread and origin.
-    shared: Mutex<Vec<(PoolKey, Vec<Shared>)>>,
+    shared: Mutex<Vec<(PoolKey, Origin)>>,
     /// Idle connections by serving thread and origin. A handful of entries (threads ×
     /// upstream origins), so a scan with cheap comparisons beats hashing an authority
     /// (which lowercases it byte by byte) twice per request.
@@ -427,7 +433,6 @@ impl HttpClient {
                 http1: builder().enable_http1().wrap_connector(http.clone()),
                 http2: http2.wrap_connector(http),
                 version,
-                http1_only: Mutex::new(Vec::new()),
                 connect_timeout,
                 pings: Pings::EVERY_20_S,
                 shared: Mutex::new(Vec::new()),
@@ -436,24 +441,15 @@ impl HttpClient {
         }
     }
 
-    /// Whether a request to `key`'s origin goes as an HTTP/2 stream (else on an HTTP/1.1
+    /// Whether a request to `key`'s origin is offered to HTTP/2 (else it goes on an HTTP/1.1
     /// connection of its own): always with `true`, never with `false`; with `"auto"`, to a
-    /// TLS origin unless it chose HTTP/1.1 in the last [`ASK_AGAIN_AFTER`] (plain TCP
-    /// offers no way to ask).
+    /// TLS origin (plain TCP offers no way to ask), which may hand it back for HTTP/1.1
+    /// (see [`HttpClient::checkout_shared`]).
     fn goes_as_http2(&self, key: &PoolKey) -> bool {
         match self.inner.version {
             UpstreamHttp::Http1 => false,
             UpstreamHttp::Http2 => true,
-            UpstreamHttp::Auto => {
-                key.1 == Some(Scheme::HTTPS)
-                    && !self
-                        .inner
-                        .http1_only
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .iter()
-                        .any(|(k, since)| k == key && since.elapsed() < ASK_AGAIN_AFTER)
-            }
+            UpstreamHttp::Auto => key.1 == Some(Scheme::HTTPS),
         }
     }
 
@@ -528,12 +524,10 @@ impl HttpClient {
     ) -> impl Future<Output = Result<Response<Driven>, SendError>> + Send + '_ {
         let key = pool_key(req.uri());
         if self.goes_as_http2(&key) {
-            Either::Left(self.send_shared(key, req).then(move |sent| match sent {
+            Either::Left(self.send_shared(&key, req).then(move |sent| match sent {
                 Sent::Done(answer) => Either::Left(ready(answer)),
-                // The upstream chose HTTP/1.1 (once per origin and serving thread).
-                Sent::Unsent(req) => Either::Right(Box::pin(
-                    self.send_http1(pool_key(req.uri()), req.map(Full::new)),
-                )),
+                // The origin chose HTTP/1.1 by ALPN.
+                Sent::Unsent(req) => Either::Right(self.send_http1(key, req.map(Full::new))),
             }))
         } else {
             Either::Right(self.send_http1(key, req.map(Full::new)))
@@ -580,10 +574,18 @@ impl HttpClient {
 
     /// A stream on an HTTP/2 connection to the request's origin, opening one if none has
     /// room; closed connections, and those idle too long, are let go on the way.
-    fn checkout_shared(&self, key: PoolKey, uri: &Uri) -> (Connecting, Slot) {
+    /// `None` if the origin chose HTTP/1.1 less than [`ASK_AGAIN_AFTER`] ago.
+    fn checkout_shared(&self, key: &PoolKey, uri: &Uri) -> Option<(Connecting, Slot)> {
         let mut shared = self.inner.shared.lock().unwrap_or_else(|e| e.into_inner());
-        let list = entry(&mut shared, &key);
+        let origin = entry(&mut shared, key);
         let now = Instant::now();
+        if origin
+            .chose_http1
+            .is_some_and(|at| now.duration_since(at) < ASK_AGAIN_AFTER)
+        {
+            return None;
+        }
+        let list = &mut origin.conns;
         list.retain(|c| {
             let open = c.load.open.load(Ordering::Relaxed);
             c.usable() && (open > 0 || now.duration_since(c.used) <= IDLE_TIMEOUT)
@@ -596,7 +598,7 @@ impl HttpClient {
                     limit: AtomicUsize::new(MAX_STREAMS_PER_CONNECTION),
                 });
                 list.push(Shared {
-                    conn: self.connect_shared(key, uri.clone(), load.clone()),
+                    conn: self.connect_shared(key.clone(), uri.clone(), load.clone()),
                     load,
                     used: now,
                 });
@@ -604,7 +606,7 @@ impl HttpClient {
             }
         };
         c.used = now;
-        (c.conn.clone(), Slot::take(&c.load))
+        Some((c.conn.clone(), Slot::take(&c.load)))
     }
 
     /// Opens an HTTP/2 connection to `uri` when first awaited; its driving task runs on
@@ -664,14 +666,8 @@ impl HttpClient {
     /// Records that `key`'s origin chose HTTP/1.1, and pools `link`, its first connection.
     fn speak_http1_to(&self, key: PoolKey, mut link: Box<Link>) {
         {
-            let mut http1_only = self
-                .inner
-                .http1_only
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            // An answer older than [`ASK_AGAIN_AFTER`] is replaced.
-            http1_only.retain(|(k, _)| *k != key);
-            http1_only.push((key.clone(), Instant::now()));
+            let mut shared = self.inner.shared.lock().unwrap_or_else(|e| e.into_inner());
+            entry(&mut shared, &key).chose_http1 = Some(Instant::now());
         }
         tracing::info!(
             upstream = key.2.as_ref().map_or("upstream", Authority::as_str),
@@ -692,21 +688,23 @@ impl HttpClient {
     /// awaited (as would any `async fn` taking it: see [`HttpClient::send`]).
     fn send_shared(
         &self,
-        key: PoolKey,
+        key: &PoolKey,
         req: Request<Bytes>,
     ) -> impl Future<Output = Sent<Bytes>> + Send + 'static {
-        let (conn, slot) = self.checkout_shared(key, req.uri());
+        let Some((conn, slot)) = self.checkout_shared(key, req.uri()) else {
+            return Either::Left(ready(Sent::Unsent(req)));
+        };
         let opened = match conn.peek() {
             Some(opened) => Either::Left(ready(opened.clone())),
             None => Either::Right(conn),
         };
-        opened.then(move |opened| match opened {
+        Either::Right(opened.then(move |opened| match opened {
             Opened::H2(sender) => Either::Left(send_stream(sender, slot, req).map(Sent::Done)),
             Opened::Http1 => Either::Right(ready(Sent::Unsent(req))),
             Opened::Failed(why) => {
                 Either::Right(ready(Sent::Done(Err(SendError::Connect(why.to_string())))))
             }
-        })
+        }))
     }
 
     /// Sends `req` on `link` and awaits the answer's head, driving the connection meanwhile.
