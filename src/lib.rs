@@ -40,3 +40,7 @@ pub mod store;
 pub mod tokens;
 pub mod translate;
 pub mod upstream;
+
+#[cfg(test)]
+#[path = "../tests/support/certs.rs"]
+mod test_certs;

@@ -405,16 +405,6 @@ impl HttpClient {
             .with_safe_default_protocol_versions()?
             .with_root_certificates(roots)
             .with_no_client_auth();
-        Ok(HttpClient::with_tls(connect_timeout, version, tls))
-    }
-
-    /// A client speaking `version` to the upstreams, over TLS as `tls` says (with no ALPN
-    /// protocols set: they are set here).
-    fn with_tls(
-        connect_timeout: Duration,
-        version: UpstreamHttp,
-        tls: rustls::ClientConfig,
-    ) -> HttpClient {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
@@ -428,7 +418,7 @@ impl HttpClient {
             UpstreamHttp::Auto => builder().enable_all_versions(),
             _ => builder().enable_http2(),
         };
-        HttpClient {
+        Ok(HttpClient {
             inner: Arc::new(Inner {
                 http1: builder().enable_http1().wrap_connector(http.clone()),
                 http2: http2.wrap_connector(http),
@@ -438,7 +428,7 @@ impl HttpClient {
                 shared: Mutex::new(Vec::new()),
                 idle: Mutex::new(Vec::new()),
             }),
-        }
+        })
     }
 
     /// Whether a request to `key`'s origin is offered to HTTP/2 (else it goes on an HTTP/1.1
@@ -1045,61 +1035,39 @@ mod tests {
         (client, Endpoint::new(uri).expect("endpoint"))
     }
 
-    /// A certificate authority of the test's own, a server certificate for 127.0.0.1 signed
-    /// by it, and a client (with `"auto"`) trusting it, with an `https` endpoint on `addr`.
+    /// A certificate authority of the test's own and a server certificate for 127.0.0.1
+    /// signed by it (in a temporary directory), a client (with `"auto"`) trusting the CA
+    /// through `ca_file`, and an `https` endpoint on `addr`.
     struct Tls {
-        cert: rustls::pki_types::CertificateDer<'static>,
-        key: Vec<u8>,
-        /// The client's TLS settings, for clients of other timeouts.
-        config: rustls::ClientConfig,
+        certs: crate::test_certs::Certs,
         client: HttpClient,
         endpoint: Endpoint,
+        _dir: tempfile::TempDir,
     }
 
     impl Tls {
         fn new(addr: std::net::SocketAddr) -> Tls {
-            let ca_key = rcgen::KeyPair::generate().expect("key");
-            let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-            ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-            let ca = rcgen::CertifiedIssuer::self_signed(ca, ca_key).expect("CA");
-            let key = rcgen::KeyPair::generate().expect("key");
-            let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
-                .expect("params")
-                .signed_by(&key, &ca)
-                .expect("certificate");
-            let mut roots = rustls::RootCertStore::empty();
-            roots.add(ca.der().clone()).expect("root");
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
-            let config = rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .expect("versions")
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-            let client =
-                HttpClient::with_tls(Duration::from_secs(5), UpstreamHttp::Auto, config.clone());
+            let dir = tempfile::tempdir().expect("tempdir");
+            let certs = crate::test_certs::write(dir.path());
             let uri: Uri = format!("https://{addr}/api/v4/chat").parse().expect("uri");
             Tls {
-                cert: cert.der().clone(),
-                key: key.serialize_der(),
-                config,
-                client,
+                client: Tls::client(&certs, Duration::from_secs(5)),
+                certs,
                 endpoint: Endpoint::new(uri).expect("endpoint"),
+                _dir: dir,
             }
         }
 
-        /// What accepts connections: TLS choosing the first of `alpn` that the client
-        /// offers (none if it offers none of them).
-        fn acceptor(&self, alpn: &[&[u8]]) -> Acceptor {
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
-            let key = rustls::pki_types::PrivatePkcs8KeyDer::from(self.key.clone());
-            let mut config = rustls::ServerConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .expect("versions")
-                .with_no_client_auth()
-                .with_single_cert(vec![self.cert.clone()], key.into())
-                .expect("server config");
-            config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-            Acceptor(Arc::new(config))
+        /// A client with `"auto"` and this connect timeout, trusting the CA.
+        fn client(certs: &crate::test_certs::Certs, connect_timeout: Duration) -> HttpClient {
+            HttpClient::new(connect_timeout, UpstreamHttp::Auto, Some(&certs.ca)).expect("client")
+        }
+
+        /// What accepts connections: TLS as the mock's `--tls-cert` serves it, choosing the
+        /// first of `alpn` that the client offers (none if it offers none of them).
+        fn acceptor(&self, alpn: &[&str]) -> Acceptor {
+            let config = crate::mock::tls_config(&self.certs.cert, &self.certs.key, alpn);
+            Acceptor(Arc::new(config.expect("server config")))
         }
 
         fn request(&self) -> Request<Bytes> {
@@ -1165,11 +1133,7 @@ mod tests {
             }
         });
         let tls = Tls::new(addr);
-        let client = HttpClient::with_tls(
-            Duration::from_millis(200),
-            UpstreamHttp::Auto,
-            tls.config.clone(),
-        );
+        let client = Tls::client(&tls.certs, Duration::from_millis(200));
         for _ in 0..2 {
             let Err(SendError::Connect(why)) = bounded(client.send(tls.request())).await else {
                 panic!("an answer from a server that never finished its handshake");
@@ -1245,7 +1209,7 @@ mod tests {
     async fn auto_speaks_http2_to_a_tls_upstream_that_chooses_it() {
         let (listener, addr) = listen().await;
         let tls = Tls::new(addr);
-        let acceptor = tls.acceptor(&[b"h2"]);
+        let acceptor = tls.acceptor(&["h2"]);
         let (offers, mut offered) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(async move {
             loop {
@@ -1290,7 +1254,7 @@ mod tests {
         use hyper::service::service_fn;
         let (listener, addr) = listen().await;
         let tls = Tls::new(addr);
-        let acceptor = tls.acceptor(&[b"http/1.1"]);
+        let acceptor = tls.acceptor(&["http/1.1"]);
         let (offers, mut offered) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(async move {
             for n in 0.. {

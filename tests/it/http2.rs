@@ -103,27 +103,8 @@ const BOTH: &[&str] = &["h2", "http/1.1"];
 /// and speaks `version`, and a way to read the mock's counters.
 async fn start_https(version: UpstreamHttp, alpn: &[&str]) -> (Env, impl AsyncFn() -> Value) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let ca_key = rcgen::KeyPair::generate().expect("key");
-    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca = rcgen::CertifiedIssuer::self_signed(ca, ca_key).expect("CA");
-    let key = rcgen::KeyPair::generate().expect("key");
-    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
-        .expect("params")
-        .signed_by(&key, &ca)
-        .expect("certificate");
-    let file = |name: &str, pem: String| {
-        let path = dir.path().join(name);
-        std::fs::write(&path, pem).expect("write");
-        path
-    };
-    let ca_file = file("ca.pem", ca.pem());
-    let tls = mock::tls_config(
-        &file("cert.pem", cert.pem()),
-        &file("key.pem", key.serialize_pem()),
-        alpn,
-    )
-    .expect("TLS config");
+    let certs = crate::test_certs::write(dir.path());
+    let tls = mock::tls_config(&certs.cert, &certs.key, alpn).expect("TLS config");
     let listener = glmgate::app::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("address");
     tokio::spawn(mock::serve_tls(listener, tls, MockOptions::default()));
@@ -134,11 +115,11 @@ async fn start_https(version: UpstreamHttp, alpn: &[&str]) -> (Env, impl AsyncFn
     };
     let mut raw = raw_config(addr, &dir, &opts);
     raw.upstream.http2 = version;
-    raw.upstream.ca_file = Some(ca_file.clone());
+    raw.upstream.ca_file = Some(certs.ca.clone());
     let settings = glmgate::config::validate(raw, None).expect("valid config");
     let env = start_with(addr, dir, settings).await;
 
-    let client = HttpClient::new(Duration::from_secs(5), UpstreamHttp::Http1, Some(&ca_file))
+    let client = HttpClient::new(Duration::from_secs(5), UpstreamHttp::Http1, Some(&certs.ca))
         .expect("client");
     let stats = Endpoint::new(format!("https://{addr}/_mock/stats").parse().expect("uri"))
         .expect("endpoint");

@@ -10,4 +10,6 @@ mod metrics;
 mod passthrough;
 mod pools;
 mod streaming;
+#[path = "../support/certs.rs"]
+mod test_certs;
 mod translation;
