@@ -171,3 +171,17 @@ async fn by_default_an_https_upstream_without_http2_is_spoken_to_in_http1() {
     assert_eq!(stats["requests"], 3, "{stats}");
     env.usage_rows(3).await;
 }
+
+#[tokio::test]
+async fn http2_forced_on_an_upstream_without_it_fails_clearly_in_the_clients_format() {
+    // The mock offers HTTP/1.1 alone by ALPN; `true` offers `h2` alone, so the TLS
+    // handshake finds no protocol in common and no request is sent.
+    let (env, mock_stats) = start_https(UpstreamHttp::Http2, &["http/1.1"]).await;
+    let answer = env.openai(&openai_body(false)).await;
+    assert_eq!(answer.status(), 502);
+    let body: Value = answer.json().await.expect("json");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("could not connect to 127.0.0.1"), "{body}");
+    let stats = mock_stats().await;
+    assert_eq!(stats["requests"], 0, "{stats}");
+}
