@@ -457,6 +457,8 @@ SCENARIOS = {
 
 FAILOVER_SCENARIOS = ("openai", "openai-stream")
 HTTP2_SCENARIOS = ("openai", "openai-stream")
+# Over HTTPS the Anthropic stream too: Claude Code's request, in front of Z.AI as users run it.
+HTTPS_SCENARIOS = ("openai", "openai-stream", "anthropic-stream")
 TRANSLATED_SCENARIOS = ("openai", "openai-stream", "anthropic-stream")
 
 
@@ -558,7 +560,7 @@ def run_table(args):
             targets = ["direct", "nginx", "glmgate"] + (["failover"] if scenario in FAILOVER_SCENARIOS else []) \
                 + (["translated"] if scenario in TRANSLATED_SCENARIOS else []) \
                 + (["http2"] if scenario in HTTP2_SCENARIOS else []) \
-                + (["nginx-https", "https", "https-http1"] if args.https and scenario in HTTP2_SCENARIOS else []) \
+                + (["nginx-https", "https", "https-http1"] if args.https and scenario in HTTPS_SCENARIOS else []) \
                 + (["pgo"] if pgo else []) \
                 + list(rig.references) \
                 + (["litellm"] if rig.litellm and SCENARIOS[scenario][0] == "openai" else [])
