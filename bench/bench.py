@@ -889,7 +889,7 @@ def run_instructions(args):
     difference over `large − small` requests is the steady-state cost of one request.
     `--scenario` picks the request, `--target translated` the gateway whose upstream
     speaks only the other format, `--target hyper-pc` or `raw` a reference proxy instead."""
-    ensure_tools(need_valgrind=True)
+    ensure_tools(need_valgrind=True, need_openssl=args.target.startswith("https"))
     procs = Procs()
     tmp = tempfile.mkdtemp(prefix="glmgate-cg-")
     out = os.path.join(tmp, "callgrind.out")
@@ -900,7 +900,7 @@ def run_instructions(args):
         kind = args.target if reference else gateway_kind(args.target, api)
         rig = Rig(tmp, procs, glmgate_prefix=["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"],
                   prefix_kind=kind, gateway_bin=os.path.abspath(args.binary) if args.binary else GLMGATE,
-                  hyper=args.target == "hyper-pc", raw=args.target == "raw")
+                  hyper=args.target == "hyper-pc", raw=args.target == "raw", https=args.target.startswith("https"))
         url, headers, proc_pid = rig.target(args.target, api)
         body = body_file(tmp, args.scenario)
         pid = str(proc_pid)
@@ -908,7 +908,12 @@ def run_instructions(args):
         def control(*what):
             subprocess.run(["callgrind_control", *what, pid], check=True, capture_output=True)
 
-        load(url, headers, body, 1, 0, requests=args.warmup_requests)
+        # The warm-up keeps two connections per core open at once, so every serving thread
+        # gets some and opens its own upstream connections (and TLS sessions) then. Each
+        # counted run's one connection goes to whichever thread the kernel wakes; without
+        # this, one that landed on a thread the warm-up missed counted a TLS handshake
+        # (about 0.5M instructions) against its requests.
+        load(url, headers, body, 2 * (os.cpu_count() or 1), 0, requests=args.warmup_requests)
         time.sleep(settle)
         control("--zero")
         for n in (args.small, args.large):
@@ -948,8 +953,9 @@ def main():
     ap.add_argument("--large", type=int, default=400)
     ap.add_argument("--warmup-requests", type=int, default=300)
     ap.add_argument("--scenario", choices=list(SCENARIOS), default="openai", help="for --instructions")
-    ap.add_argument("--target", choices=("glmgate", "translated", "http2", "hyper-pc", "raw"), default="glmgate",
-                    help="for --instructions (hyper-pc, raw: the reference proxies of --with-hyper, --with-raw)")
+    ap.add_argument("--target", choices=("glmgate", "translated", "http2", "https", "https-http1", "hyper-pc", "raw"),
+                    default="glmgate", help="for --instructions (https, https-http1: in front of the mock over "
+                    "HTTPS, as in --https; hyper-pc, raw: the reference proxies of --with-hyper, --with-raw)")
     ap.add_argument("--binary", help="for --instructions: the gateway binary to count (default: the release "
                     "build); `cargo build --profile profiling` gives one with symbols")
     ap.add_argument("--pgo", action="store_true",
