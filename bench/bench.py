@@ -888,7 +888,8 @@ def run_instructions(args):
     `small` and `large` requests are each counted (usage written, counters dumped); the
     difference over `large − small` requests is the steady-state cost of one request.
     `--scenario` picks the request, `--target translated` the gateway whose upstream
-    speaks only the other format, `--target hyper-pc` or `raw` a reference proxy instead."""
+    speaks only the other format, `--target https` or `https-http1` a gateway in front of the
+    mock over HTTPS, `--target hyper-pc` or `raw` a reference proxy instead."""
     ensure_tools(need_valgrind=True, need_openssl=args.target.startswith("https"))
     procs = Procs()
     tmp = tempfile.mkdtemp(prefix="glmgate-cg-")
