@@ -492,19 +492,21 @@ pub enum LogFormat {
     Json,
 }
 
-/// The certificates of `upstream.ca_file` (PEM), refused with the reason if the file
-/// cannot be read, is not PEM, or holds none.
-pub fn ca_certificates(
+/// The certificates in a PEM `file` (`upstream.ca_file`, or the mock's `--tls-cert`, named
+/// by `setting` in errors), refused with the reason if the file cannot be read, is not
+/// PEM, or holds none.
+pub fn pem_certificates(
     file: &Path,
+    setting: &str,
 ) -> anyhow::Result<Vec<rustls::pki_types::CertificateDer<'static>>> {
     use rustls::pki_types::{pem::PemObject as _, CertificateDer};
     let shown = file.display();
     let certs = CertificateDer::pem_file_iter(file)
-        .with_context(|| format!("upstream.ca_file: cannot read {shown}"))?
+        .with_context(|| format!("{setting}: cannot read {shown}"))?
         .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("upstream.ca_file: {shown} is not PEM"))?;
+        .with_context(|| format!("{setting}: {shown} is not PEM"))?;
     if certs.is_empty() {
-        bail!("upstream.ca_file: no certificate in {shown}");
+        bail!("{setting}: no certificate in {shown}");
     }
     Ok(certs)
 }
@@ -964,7 +966,7 @@ fn upstream_settings(
         bail!("upstream.aimd.decrease must be between 0.05 and 0.95");
     }
     if let Some(file) = &up.ca_file {
-        ca_certificates(file)?;
+        pem_certificates(file, "upstream.ca_file")?;
     }
     let policy = Policy {
         connect_timeout: Duration::from_secs(up.connect_timeout_secs.max(1)),

@@ -172,15 +172,16 @@ pub async fn serve(listener: TcpListener, options: MockOptions) -> std::io::Resu
     axum::serve(listener, app).await
 }
 
-/// Serves the mock over TLS on `listener`, offering `h2` and `http/1.1` by ALPN, until the
-/// task is dropped.
+/// Serves the mock over TLS on `listener`, offering by ALPN what `tls` lists (see
+/// [`tls_config`]), until the task is dropped.
 pub async fn serve_tls(
     listener: TcpListener,
     tls: rustls::ServerConfig,
     options: MockOptions,
 ) -> std::io::Result<()> {
     let app = router(options).into_make_service_with_connect_info::<SocketAddr>();
-    // `tap_io` gives the listener the client's address as connection info.
+    // axum gives the client's address as connection info for its own listeners only;
+    // `tap_io` wraps this one into one of them.
     let listener = TlsListener::new(listener, tls)?.tap_io(|_| {});
     axum::serve(listener, app).await
 }
@@ -195,15 +196,8 @@ pub fn tls_config(
 ) -> anyhow::Result<rustls::ServerConfig> {
     use anyhow::Context as _;
     use rustls::pki_types::pem::PemObject as _;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let chain = CertificateDer::pem_file_iter(cert)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .with_context(|| format!("--tls-cert: {}", cert.display()))?;
-    anyhow::ensure!(
-        !chain.is_empty(),
-        "--tls-cert: no certificate in {}",
-        cert.display()
-    );
+    use rustls::pki_types::PrivateKeyDer;
+    let chain = crate::config::pem_certificates(cert, "--tls-cert")?;
     let key = PrivateKeyDer::from_pem_file(key)
         .with_context(|| format!("--tls-key: {}", key.display()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());

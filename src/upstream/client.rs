@@ -394,7 +394,7 @@ impl HttpClient {
             roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
         };
         if let Some(file) = ca_file {
-            for cert in crate::config::ca_certificates(file)? {
+            for cert in crate::config::pem_certificates(file, "upstream.ca_file")? {
                 roots
                     .add(cert)
                     .map_err(|e| anyhow::anyhow!("upstream.ca_file: {}: {e}", file.display()))?;
