@@ -461,11 +461,13 @@ impl HttpClient {
         let list = idle.iter_mut().find(|(k, _)| k == key).map(|(_, l)| l)?;
         let mut noop = Context::from_waker(std::task::Waker::noop());
         while let Some(mut c) = list.pop_back() {
-            if c.since.elapsed() > IDLE_TIMEOUT || !c.link.sender.is_ready() {
+            if c.since.elapsed() > IDLE_TIMEOUT {
                 continue;
             }
-            // A connection the server closed while idle is finished; skip it.
-            if c.link.poll_conn(&mut noop).is_pending() {
+            // Polled first: a connection the server closed while idle is finished, and a
+            // new one (pooled by `speak_http1_to`) becomes ready for a request only once
+            // polled.
+            if c.link.poll_conn(&mut noop).is_pending() && c.link.sender.is_ready() {
                 return Some(c.link);
             }
         }
@@ -654,7 +656,7 @@ impl HttpClient {
     }
 
     /// Records that `key`'s origin chose HTTP/1.1, and pools `link`, its first connection.
-    fn speak_http1_to(&self, key: PoolKey, mut link: Box<Link>) {
+    fn speak_http1_to(&self, key: PoolKey, link: Box<Link>) {
         {
             let mut shared = self.inner.shared.lock().unwrap_or_else(|e| e.into_inner());
             entry(&mut shared, &key).chose_http1 = Some(Instant::now());
@@ -663,11 +665,7 @@ impl HttpClient {
             upstream = key.2.as_ref().map_or("upstream", Authority::as_str),
             "the upstream chose HTTP/1.1 by ALPN; its requests go over HTTP/1.1"
         );
-        // Polled once, a new connection is ready for a request, which the pool asks of it.
-        let mut noop = Context::from_waker(std::task::Waker::noop());
-        if link.poll_conn(&mut noop).is_pending() {
-            self.checkin(key, link);
-        }
+        self.checkin(key, link);
     }
 
     /// Sends a request as a stream of a shared HTTP/2 connection (whose own task drives
