@@ -1061,41 +1061,49 @@ mod tests {
             HttpClient::new(connect_timeout, UpstreamHttp::Auto, Some(&certs.ca)).expect("client")
         }
 
-        /// What accepts connections: TLS as the mock's `--tls-cert` serves it, choosing the
-        /// first of `alpn` that the client offers (none if it offers none of them).
-        fn acceptor(&self, alpn: &[&str]) -> Acceptor {
+        /// Serves TLS on `listener` as the mock's `--tls-cert` does, choosing the first of
+        /// `alpn` that the client offers (none if it offers none of them), and hands each
+        /// connection, with its number, to `each`. Reports the protocols each client
+        /// offered by ALPN, in the order the connections came.
+        fn serve<F, Fut>(
+            &self,
+            listener: tokio::net::TcpListener,
+            alpn: &[&str],
+            each: F,
+        ) -> tokio::sync::mpsc::UnboundedReceiver<Vec<Vec<u8>>>
+        where
+            F: Fn(tokio_rustls::server::TlsStream<tokio::net::TcpStream>, usize) -> Fut
+                + Send
+                + 'static,
+            Fut: Future<Output = ()> + Send + 'static,
+        {
             let config = crate::mock::tls_config(&self.certs.cert, &self.certs.key, alpn);
-            Acceptor(Arc::new(config.expect("server config")))
+            let config = Arc::new(config.expect("server config"));
+            let (offers, offered) = tokio::sync::mpsc::unbounded_channel();
+            tokio::spawn(async move {
+                for n in 0.. {
+                    let (tcp, _) = listener.accept().await.expect("accept");
+                    let start = tokio_rustls::LazyConfigAcceptor::new(
+                        rustls::server::Acceptor::default(),
+                        tcp,
+                    )
+                    .await
+                    .expect("client hello");
+                    let alpn = start
+                        .client_hello()
+                        .alpn()
+                        .map(|protocols| protocols.map(<[u8]>::to_vec).collect())
+                        .unwrap_or_default();
+                    let _ = offers.send(alpn);
+                    let stream = start.into_stream(config.clone()).await.expect("handshake");
+                    tokio::spawn(each(stream, n));
+                }
+            });
+            offered
         }
 
         fn request(&self) -> Request<Bytes> {
             HttpClient::request(Method::POST, &self.endpoint, Bytes::from_static(b"{}"))
-        }
-    }
-
-    struct Acceptor(Arc<rustls::ServerConfig>);
-
-    impl Acceptor {
-        /// The next TLS connection, and the protocols its client offered by ALPN.
-        async fn accept(
-            &self,
-            listener: &tokio::net::TcpListener,
-        ) -> (
-            tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
-            Vec<Vec<u8>>,
-        ) {
-            let (tcp, _) = listener.accept().await.expect("accept");
-            let start =
-                tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp)
-                    .await
-                    .expect("client hello");
-            let offered = start
-                .client_hello()
-                .alpn()
-                .map(|protocols| protocols.map(<[u8]>::to_vec).collect())
-                .unwrap_or_default();
-            let tls = start.into_stream(self.0.clone()).await.expect("handshake");
-            (tls, offered)
         }
     }
 
@@ -1207,22 +1215,14 @@ mod tests {
     async fn auto_speaks_http2_to_a_tls_upstream_that_chooses_it() {
         let (listener, addr) = listen().await;
         let tls = Tls::new(addr);
-        let acceptor = tls.acceptor(&["h2"]);
-        let (offers, mut offered) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            loop {
-                let (stream, alpn) = acceptor.accept(&listener).await;
-                let _ = offers.send(alpn);
-                tokio::spawn(async move {
-                    let mut conn = h2::server::handshake(stream).await.expect("handshake");
-                    while let Some(Ok((_req, mut respond))) = conn.accept().await {
-                        let mut out = respond
-                            .send_response(Response::new(()), false)
-                            .expect("head");
-                        out.send_data(Bytes::from_static(b"over h2"), true)
-                            .expect("data");
-                    }
-                });
+        let mut offered = tls.serve(listener, &["h2"], |stream, _| async move {
+            let mut conn = h2::server::handshake(stream).await.expect("handshake");
+            while let Some(Ok((_req, mut respond))) = conn.accept().await {
+                let mut out = respond
+                    .send_response(Response::new(()), false)
+                    .expect("head");
+                out.send_data(Bytes::from_static(b"over h2"), true)
+                    .expect("data");
             }
         });
         let (a, b) = bounded(async {
@@ -1252,21 +1252,14 @@ mod tests {
         use hyper::service::service_fn;
         let (listener, addr) = listen().await;
         let tls = Tls::new(addr);
-        let acceptor = tls.acceptor(&["http/1.1"]);
-        let (offers, mut offered) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            for n in 0.. {
-                let (stream, alpn) = acceptor.accept(&listener).await;
-                let _ = offers.send(alpn);
-                let answer = service_fn(move |req: Request<Incoming>| async move {
-                    let line = format!("{:?} on connection {n}", req.version());
-                    Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(line))))
-                });
-                tokio::spawn(
-                    hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), answer),
-                );
-            }
+        let mut offered = tls.serve(listener, &["http/1.1"], |stream, n| async move {
+            let answer = service_fn(move |req: Request<Incoming>| async move {
+                let line = format!("{:?} on connection {n}", req.version());
+                Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(line))))
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), answer)
+                .await;
         });
         let (a, b) = bounded(async {
             tokio::join!(
