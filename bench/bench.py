@@ -55,15 +55,19 @@ def log(*a):
     print(*a, file=sys.stderr, flush=True)
 
 
-def ensure_tools(need_valgrind=False, need_nginx=True, need_wrk=False, need_openssl=False):
-    wanted = (["nginx"] if need_nginx else []) + (["valgrind"] if need_valgrind else []) \
-        + (["wrk"] if need_wrk else []) + (["openssl"] if need_openssl else [])
-    missing = [tool for tool in wanted if not shutil.which(tool)]
+def install(*tools):
+    """Installs from Debian whichever of `tools` (package and command alike) is missing."""
+    missing = [tool for tool in tools if not shutil.which(tool)]
     if missing:
         log(f"installing {' '.join(missing)} from Debian")
         subprocess.run(["apt-get", "update", "-qq"], check=True)
         subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True,
                        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+
+
+def ensure_tools(need_valgrind=False, need_nginx=True, need_wrk=False):
+    install(*(["nginx"] if need_nginx else []), *(["valgrind"] if need_valgrind else []),
+            *(["wrk"] if need_wrk else []))
     log("building release binaries")
     subprocess.run(["cargo", "build", "--release", "--quiet", "-p", "glmgate", "-p", "glmgate-load"],
                    cwd=ROOT, check=True)
@@ -194,6 +198,7 @@ http {{
 def make_certs(tmp):
     """A CA of the run's own and a certificate it signs for 127.0.0.1 and localhost, for the
     mock over HTTPS: paths of the CA's, the certificate's and its key's PEM files."""
+    install("openssl")
     ca, ca_key = os.path.join(tmp, "ca.pem"), os.path.join(tmp, "ca-key.pem")
     cert, key, csr = (os.path.join(tmp, n) for n in ("cert.pem", "key.pem", "cert.csr"))
     ext = os.path.join(tmp, "cert.ext")
@@ -235,8 +240,8 @@ path = "{tmp}/{name}.db"
 [admin]
 token = "{ADMIN_TOKEN}"
 """
-    origin = {"tls": f"https://localhost:{mock_port}", "https": f"https://127.0.0.1:{mock_port}",
-              "https-http1": f"https://127.0.0.1:{mock_port}"}.get(kind, f"http://127.0.0.1:{mock_port}")
+    origin = f"https://localhost:{mock_port}" if kind == "tls" \
+        else f"https://127.0.0.1:{mock_port}" if kind.startswith("https") else f"http://127.0.0.1:{mock_port}"
     openai = f"{origin}/api/coding/paas/v4" if kind != "anthropic-only" else ""
     anthropic = f"{origin}/api/anthropic" if kind != "openai-only" else ""
     breaker_off = """
@@ -459,6 +464,8 @@ FAILOVER_SCENARIOS = ("openai", "openai-stream")
 HTTP2_SCENARIOS = ("openai", "openai-stream")
 # Over HTTPS the Anthropic stream too: Claude Code's request, in front of Z.AI as users run it.
 HTTPS_SCENARIOS = ("openai", "openai-stream", "anthropic-stream")
+# The targets in front of the mock over HTTPS (`Rig(https=True)`).
+HTTPS_TARGETS = ("nginx-https", "https", "https-http1")
 TRANSLATED_SCENARIOS = ("openai", "openai-stream", "anthropic-stream")
 
 
@@ -528,7 +535,7 @@ def fmt(v, digits=0):
 
 
 def run_table(args):
-    ensure_tools(need_wrk=args.loadgen == "wrk", need_openssl=args.https)
+    ensure_tools(need_wrk=args.loadgen == "wrk")
     procs = Procs()
     tmp = tempfile.mkdtemp(prefix="glmgate-bench-")
     try:
@@ -545,10 +552,8 @@ def run_table(args):
             idle["pgo"] = rss_mb(rig.gateways["pgo"][2].pid)
         if rig.litellm:
             idle["litellm"] = rss_mb(rig.litellm.pid)
-        if args.https:
-            idle["nginx-https"] = rss_mb(rig.nginx_https.pid)
-            idle["https"] = rss_mb(rig.gateways["https"][2].pid)
-            idle["https-http1"] = rss_mb(rig.gateways["https-http1"][2].pid)
+        https = HTTPS_TARGETS if args.https else ()
+        idle.update({t: rss_mb(rig.target(t, "openai")[2]) for t in https})
         concurrencies = [1, 64] if args.quick else [1, 16, 64, 256]
         if args.concurrency:
             concurrencies = [int(c) for c in args.concurrency.split(",")]
@@ -560,7 +565,7 @@ def run_table(args):
             targets = ["direct", "nginx", "glmgate"] + (["failover"] if scenario in FAILOVER_SCENARIOS else []) \
                 + (["translated"] if scenario in TRANSLATED_SCENARIOS else []) \
                 + (["http2"] if scenario in HTTP2_SCENARIOS else []) \
-                + (["nginx-https", "https", "https-http1"] if args.https and scenario in HTTPS_SCENARIOS else []) \
+                + (list(HTTPS_TARGETS) if args.https and scenario in HTTPS_SCENARIOS else []) \
                 + (["pgo"] if pgo else []) \
                 + list(rig.references) \
                 + (["litellm"] if rig.litellm and SCENARIOS[scenario][0] == "openai" else [])
@@ -581,10 +586,8 @@ def run_table(args):
             + [(name, proc) for name, (_, proc) in rig.references.items()]
         if pgo:
             watched.append(("pgo", rig.gateways["pgo"][2]))
-        if args.https:
-            watched += [("nginx-https", rig.nginx_https), ("https", rig.gateways["https"][2]),
-                        ("https-http1", rig.gateways["https-http1"][2])]
         peak = {t: rss_mb(p.pid, "VmHWM") for t, p in watched if p}
+        peak.update({t: rss_mb(rig.target(t, "openai")[2], "VmHWM") for t in https})
         time.sleep(1.5)  # one usage flush interval: the last requests reach the metrics
         counted = scrape(rig.gg_port)
     finally:
@@ -846,7 +849,7 @@ def run_soak(args):
 
 
 def run_streams(args):
-    ensure_tools(need_openssl=True)
+    ensure_tools()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     need = 3 * args.streams + 1024  # each stream: client, gateway in and out, mock sockets
     if hard != resource.RLIM_INFINITY and hard < need:
@@ -861,7 +864,7 @@ def run_streams(args):
         time.sleep(1)
         results = {}
         # One after the other, each its own process: each peak (VmHWM) covers its own run only.
-        for name in ("nginx", "glmgate", "http2", "nginx-https", "https", "https-http1", *rig.references):
+        for name in ("nginx", "glmgate", "http2", *HTTPS_TARGETS, *rig.references):
             url, headers, pid = rig.target(name, "openai")
             idle = rss_mb(pid)
             r = load(url, headers, body_file(tmp, "openai-stream"), args.streams, 6, requests=args.streams)
@@ -890,7 +893,7 @@ def run_instructions(args):
     `--scenario` picks the request, `--target translated` the gateway whose upstream
     speaks only the other format, `--target https` or `https-http1` a gateway in front of the
     mock over HTTPS, `--target hyper-pc` or `raw` a reference proxy instead."""
-    ensure_tools(need_valgrind=True, need_openssl=args.target.startswith("https"))
+    ensure_tools(need_valgrind=True)
     procs = Procs()
     tmp = tempfile.mkdtemp(prefix="glmgate-cg-")
     out = os.path.join(tmp, "callgrind.out")
