@@ -492,6 +492,23 @@ pub enum LogFormat {
     Json,
 }
 
+/// The certificates trusted for upstream TLS: the Mozilla roots, and those of `ca_file`
+/// (`upstream.ca_file`, PEM), refused with the reason if one cannot serve as a root.
+/// Validation builds it as the client does, so `check-config` refuses what `serve` would.
+pub fn upstream_roots(ca_file: Option<&Path>) -> anyhow::Result<rustls::RootCertStore> {
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    if let Some(file) = ca_file {
+        for cert in pem_certificates(file, "upstream.ca_file")? {
+            roots
+                .add(cert)
+                .with_context(|| format!("upstream.ca_file: {}", file.display()))?;
+        }
+    }
+    Ok(roots)
+}
+
 /// The certificates in a PEM `file` (`upstream.ca_file`, or the mock's `--tls-cert`, named
 /// by `setting` in errors), refused with the reason if the file cannot be read, is not
 /// PEM, or holds none.
@@ -965,9 +982,7 @@ fn upstream_settings(
     if !(0.05..=0.95).contains(&up.aimd.decrease) {
         bail!("upstream.aimd.decrease must be between 0.05 and 0.95");
     }
-    if let Some(file) = &up.ca_file {
-        pem_certificates(file, "upstream.ca_file")?;
-    }
+    upstream_roots(up.ca_file.as_deref())?;
     let policy = Policy {
         connect_timeout: Duration::from_secs(up.connect_timeout_secs.max(1)),
         http2: up.http2,
@@ -1074,6 +1089,16 @@ mod tests {
             none.contains("upstream.ca_file: no certificate in"),
             "{none}"
         );
+        // PEM, but not a certificate a client could trust: refused here, as `serve` would.
+        let garbage = dir.path().join("garbage.pem");
+        std::fs::write(
+            &garbage,
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        )
+        .expect("write");
+        let unusable = refused(&garbage);
+        assert!(unusable.contains("upstream.ca_file: "), "{unusable}");
+        assert!(unusable.contains("garbage.pem"), "{unusable}");
     }
 
     #[test]

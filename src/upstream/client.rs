@@ -390,16 +390,7 @@ impl HttpClient {
         version: UpstreamHttp,
         ca_file: Option<&std::path::Path>,
     ) -> anyhow::Result<HttpClient> {
-        let mut roots = rustls::RootCertStore {
-            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-        };
-        if let Some(file) = ca_file {
-            for cert in crate::config::pem_certificates(file, "upstream.ca_file")? {
-                roots
-                    .add(cert)
-                    .map_err(|e| anyhow::anyhow!("upstream.ca_file: {}: {e}", file.display()))?;
-            }
-        }
+        let roots = crate::config::upstream_roots(ca_file)?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let tls = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
