@@ -212,9 +212,41 @@ async fn open(
 ) -> Result<Io, Arc<str>> {
     match tokio::time::timeout(within, connector.call(uri)).await {
         Ok(Ok(io)) => Ok(io),
-        Ok(Err(e)) => Err(with_causes(&*e).into()),
+        Ok(Err(e)) => {
+            let mut why = with_causes(&*e);
+            if no_protocol_in_common(&*e) {
+                why.push_str(
+                    " (the upstream accepts none of the protocols offered by ALPN; with \
+                     `upstream.http2 = true` that is `h2` alone, so it does not speak \
+                     HTTP/2: `\"auto\"` speaks what it chooses)",
+                );
+            }
+            Err(why.into())
+        }
         Err(_) => Err(format!("not connected within {within:?} (TCP and TLS)").into()),
     }
+}
+
+/// Whether a TLS handshake failed because the server accepts none of the protocols the
+/// client offered by ALPN (RFC 7301's `no_application_protocol` alert). The connector
+/// carries rustls's error inside `io::Error`s, whose `source` skips the error they wrap.
+fn no_protocol_in_common(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if let Some(tls) = c.downcast_ref::<rustls::Error>() {
+            return matches!(
+                tls,
+                rustls::Error::AlertReceived(rustls::AlertDescription::NoApplicationProtocol)
+            );
+        }
+        cause = match c.downcast_ref::<std::io::Error>() {
+            Some(io) => io
+                .get_ref()
+                .map(|inner| inner as &(dyn std::error::Error + 'static)),
+            None => c.source(),
+        };
+    }
+    false
 }
 
 struct Inner {
@@ -1086,8 +1118,10 @@ mod tests {
                         .map(|protocols| protocols.map(<[u8]>::to_vec).collect())
                         .unwrap_or_default();
                     let _ = offers.send(alpn);
-                    let stream = start.into_stream(config.clone()).await.expect("handshake");
-                    tokio::spawn(each(stream, n));
+                    // A failed handshake (no protocol in common) serves nothing.
+                    if let Ok(stream) = start.into_stream(config.clone()).await {
+                        tokio::spawn(each(stream, n));
+                    }
                 }
             });
             offered
@@ -1137,6 +1171,28 @@ mod tests {
             };
             assert!(why.contains("not connected within 200ms"), "{why}");
         }
+    }
+
+    /// `true` in front of a TLS upstream without HTTP/2: the handshake fails (no protocol in
+    /// common by ALPN), and the reason given to the log says so in words, not only as
+    /// rustls's alert name. Clients get "could not connect to HOST" ([`describe`]).
+    #[tokio::test]
+    async fn http2_forced_on_a_tls_upstream_without_it_fails_with_the_reason() {
+        let (listener, addr) = listen().await;
+        let tls = Tls::new(addr);
+        let mut offered = tls.serve(listener, &["http/1.1"], |_, _| async {});
+        let client = HttpClient::new(
+            Duration::from_secs(5),
+            UpstreamHttp::Http2,
+            Some(&tls.certs.ca),
+        )
+        .expect("client");
+        let Err(SendError::Connect(why)) = bounded(client.send(tls.request())).await else {
+            panic!("an answer over a handshake with no protocol in common");
+        };
+        assert_eq!(offered.recv().await.expect("a connection"), [b"h2"]);
+        assert!(why.contains("NoApplicationProtocol"), "{why}");
+        assert!(why.contains("does not speak HTTP/2"), "{why}");
     }
 
     /// An HTTP/2 connection whose server stops answering (no PONG) is dropped: the request
