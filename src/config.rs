@@ -501,9 +501,12 @@ pub fn upstream_roots(ca_file: Option<&Path>) -> anyhow::Result<rustls::RootCert
     };
     if let Some(file) = ca_file {
         for cert in pem_certificates(file, "upstream.ca_file")? {
-            roots
-                .add(cert)
-                .with_context(|| format!("upstream.ca_file: {}", file.display()))?;
+            roots.add(cert).with_context(|| {
+                format!(
+                    "upstream.ca_file: {}: a certificate in it cannot serve as a root",
+                    file.display()
+                )
+            })?;
         }
     }
     Ok(roots)
@@ -1099,6 +1102,7 @@ mod tests {
         let unusable = refused(&garbage);
         assert!(unusable.contains("upstream.ca_file: "), "{unusable}");
         assert!(unusable.contains("garbage.pem"), "{unusable}");
+        assert!(unusable.contains("cannot serve as a root"), "{unusable}");
     }
 
     #[test]
